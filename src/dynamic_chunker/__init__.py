@@ -1,0 +1,8 @@
+"""dynamic_chunker: H-Net (dynamic chunking for hierarchical byte-level language models) in pure PyTorch."""
+
+from .chunking import RoutingOutput, ratio_loss
+from .config import HNetConfig
+from .model import HNet, HNetForCausalLM, HNetOutput, parameter_groups
+
+__all__ = ["HNet", "HNetConfig", "HNetForCausalLM", "HNetOutput", "RoutingOutput", "parameter_groups", "ratio_loss"]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Building blocks that know nothing about H-Net: norms, mixers, MLP, stacks."""

@@ -1,0 +1,62 @@
+"""Causal multi-head self-attention with partial NeoX rotary embeddings and an optional sliding window."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .segments import Segments
+
+
+def rotary_cos_sin(positions: torch.Tensor, rotary_dim: int, dtype: torch.dtype, base: float = 10000.0):
+    """cos/sin tables (..., rotary_dim / 2) from float32 positions and frequencies, cast to the activation dtype."""
+    inv_freq = 1.0 / base ** (torch.arange(0, rotary_dim, 2, device=positions.device, dtype=torch.float32) / rotary_dim)
+    angles = positions.float()[..., None] * inv_freq
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first 2*cos.shape[-1] dims of each head, split in halves (non-interleaved); x is (b, l, h, d)."""
+    half = cos.shape[-1]
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    cos, sin = cos[..., None, :], sin[..., None, :]  # broadcast over heads
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+
+def attention_mask(length: int, window: int, segments: Segments, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) for key j from query i, or None when plain causal masking suffices."""
+    if window < 0 and segments.starts is None:
+        return None
+    i = torch.arange(length, device=device)
+    allowed = i[None, :] <= i[:, None]
+    if window >= 0:
+        allowed = allowed & (i[:, None] - i[None, :] <= window)
+    if segments.starts is not None:
+        docs = segments.doc_ids
+        allowed = allowed & (docs[:, :, None] == docs[:, None, :])
+        return allowed[:, None]  # (b, 1, l, l)
+    return allowed
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, rotary_dim: int, window_size: int = -1, device=None, dtype=None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.rotary_dim = rotary_dim
+        self.window_size = window_size  # keys i - window .. i are visible; -1 = all
+        self.Wqkv = nn.Linear(d_model, 3 * d_model, bias=False, device=device, dtype=dtype)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+        b, l, d = x.shape
+        q, k, v = self.Wqkv(x).view(b, l, 3, self.num_heads, self.head_dim).unbind(dim=2)
+        if self.rotary_dim:
+            cos, sin = rotary_cos_sin(segments.positions(l, x.device), self.rotary_dim, x.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        mask = attention_mask(l, self.window_size, segments, x.device)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(b, l, d))

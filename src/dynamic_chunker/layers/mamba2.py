@@ -1,0 +1,159 @@
+"""Mamba-2 mixer in pure PyTorch: the chunked SSD scan for whole sequences.
+
+Same parameters and math as ``mamba_ssm.Mamba2`` with the defaults H-Net uses
+(head dim 64, one B/C group, per-head D, gated RMSNorm with the gate applied
+before the norm, no projection biases, conv bias).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .norm import GatedRMSNorm
+from .segments import Segments
+
+# log-decay that empties the state at a document start: exp() of it (and of any sum containing it)
+# is exactly 0 in float32/float64, while staying finite so that no inf - inf can ever appear.
+RESET_LOG_DECAY = -1.0e4
+
+
+def segment_sum(a: torch.Tensor) -> torch.Tensor:
+    """out[..., i, j] = sum_{k=j+1}^{i} a[..., k] for j <= i, -inf above the diagonal.
+
+    Built as a masked cumulative sum rather than a difference of prefix sums so that
+    large (reset) values never cancel.
+    """
+    T = a.shape[-1]
+    lower = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    rep = a[..., :, None].expand(*a.shape, T).masked_fill(~lower, 0.0)  # rep[..., k, j] = a_k if k > j
+    out = rep.cumsum(dim=-2)
+    return out.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=a.device).tril(), -math.inf)
+
+
+def chunked_scan(
+    x: torch.Tensor,
+    log_decay: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear recurrence S_t = exp(a_t) S_{t-1} + x_t B_t^T,  y_t = S_t C_t, computed in tiles.
+
+    Shapes: x (b, l, h, p), log_decay a (b, l, h), B and C (b, l, n) shared by all heads,
+    initial_state (b, h, p, n). Returns y (b, l, h, p) and the final state (b, h, p, n).
+    All arithmetic is float32 (or float64 if the inputs are). Lengths need not be a multiple
+    of ``chunk_size``: the tail is padded with a = 0 and zero input, which leaves the state intact.
+    """
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    Q = max(1, min(chunk_size, l))
+    pad = -l % Q
+    if pad:
+        x, B, C = (F.pad(t, (0,) * (2 * t.dim() - 4) + (0, pad)) for t in (x, B, C))
+        log_decay = F.pad(log_decay, (0, 0, 0, pad))
+    c = x.shape[1] // Q
+    x = x.reshape(b, c, Q, h, p)
+    B = B.reshape(b, c, Q, n)
+    C = C.reshape(b, c, Q, n)
+    a = log_decay.reshape(b, c, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
+
+    # 1. within each tile: y_i = sum_{j<=i} exp(a_{j+1..i}) (C_i . B_j) x_j
+    decay = torch.exp(segment_sum(a))  # (b, h, c, Q, Q)
+    scores = torch.einsum("bcin,bcjn->bcij", C, B)
+    y = torch.einsum("bhcij,bcij,bcjhp->bcihp", decay, scores, x)
+
+    # 2. state each tile leaves behind if it started from zero
+    to_end = decay[..., -1, :]  # exp(a_{j+1..Q-1}), (b, h, c, Q)
+    tile_states = torch.einsum("bcjn,bhcj,bcjhp->bchpn", B, to_end, x)
+
+    # 3. carry states across tiles: state entering tile z = sum_{c<z} exp(decay of tiles c+1..z-1) ...
+    if initial_state is None:
+        initial_state = x.new_zeros(b, h, p, n)
+    tile_states = torch.cat([initial_state[:, None].to(tile_states.dtype), tile_states], dim=1)
+    tile_total = F.pad(a.sum(-1), (1, 0))  # (b, h, c + 1)
+    carried = torch.einsum("bhzc,bchpn->bzhpn", torch.exp(segment_sum(tile_total)), tile_states)
+    entering, final_state = carried[:, :-1], carried[:, -1]
+
+    # 4. contribution of the entering state: exp(a_{0..i}) C_i . S
+    from_start = torch.exp(a.cumsum(dim=-1))  # (b, h, c, Q)
+    y = y + torch.einsum("bcin,bchpn,bhci->bcihp", C, entering, from_start)
+    return y.reshape(b, c * Q, h, p)[:, :l], final_state
+
+
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, starts: torch.Tensor | None):
+    """Causal depthwise conv over (b, l, c) with kernel (c, 1, K); inputs from earlier documents count as zeros."""
+    K = weight.shape[-1]
+    if starts is None:
+        out = F.conv1d(x.transpose(1, 2), weight, bias, padding=K - 1, groups=x.shape[-1])
+        return out[..., : x.shape[1]].transpose(1, 2)
+    w = weight[:, 0, :]  # w[:, K-1] multiplies the current position
+    out = bias + x * w[:, K - 1]
+    l = x.shape[1]
+    same_doc = torch.ones_like(starts, dtype=x.dtype)
+    for k in range(1, K):  # loop over the kernel taps, not over positions
+        start_k = F.pad(starts.to(x.dtype), (k - 1, 0))[:, :l]  # starts[t - k + 1]
+        same_doc = same_doc * (1 - start_k)  # no document start in (t - k, t]
+        shifted = F.pad(x, (0, 0, k, 0))[:, :l]
+        out = out + shifted * w[:, K - 1 - k] * same_doc[..., None]
+    return out
+
+
+class Mamba2(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        chunk_size: int = 256,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.headdim = headdim
+        self.nheads = self.d_inner // headdim
+        self.chunk_size = chunk_size
+        conv_dim = self.d_inner + 2 * d_state
+        self.dt_bias = nn.Parameter(torch.empty(self.nheads, **factory))
+        self.A_log = nn.Parameter(torch.empty(self.nheads, **factory))
+        self.D = nn.Parameter(torch.ones(self.nheads, device=device, dtype=torch.float32))  # fp32 as in mamba_ssm
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * d_state + self.nheads, bias=False, **factory)
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1, **factory)
+        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
+        """mamba_ssm's init: dt log-uniform in [dt_min, dt_max] (bias = softplus^-1(dt)), A in [1, 16], D = 1."""
+        if self.dt_bias.is_meta:
+            return
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.log(torch.empty(self.nheads).uniform_(1, 16)))
+        self.D.fill_(1.0)
+
+    def forward(self, u: torch.Tensor, segments: Segments) -> torch.Tensor:
+        b, l, _ = u.shape
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
+        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts))
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, l, h)
+        log_decay = dt * -torch.exp(self.A_log.float())
+        if segments.starts is not None:
+            log_decay = log_decay.masked_fill(segments.starts[..., None], RESET_LOG_DECAY)
+        x = x.reshape(b, l, self.nheads, self.headdim)
+        y, _ = chunked_scan(x.float() * dt[..., None], log_decay, B.float(), C.float(), self.chunk_size)
+        y = y + x.float() * self.D.float()[:, None]
+        y = self.norm(y.reshape(b, l, self.d_inner).to(u.dtype), z)
+        return self.out_proj(y)

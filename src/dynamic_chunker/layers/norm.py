@@ -1,0 +1,28 @@
+"""RMSNorm variants. Arithmetic runs in float32 and the result is cast back to the input dtype."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    x = x.float()
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(out_dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps, out_dtype or x.dtype)
+
+
+class GatedRMSNorm(RMSNorm):
+    """Mamba-2's output norm: RMSNorm(y * SiLU(z)) over all channels (one group, gate before the norm)."""
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return rms_norm(y.float() * nn.functional.silu(z.float()), self.weight, self.eps, y.dtype)

@@ -1,0 +1,72 @@
+"""Pre-norm residual blocks and the isotropic stack built from a layout string."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import CausalSelfAttention
+from .mamba2 import Mamba2
+from .mlp import SwiGLU
+from .norm import RMSNorm
+from .segments import Segments
+
+
+class Block(nn.Module):
+    """norm1 -> mixer (-> norm2 -> mlp); the caller owns the float32 residual stream."""
+
+    def __init__(self, mixer: nn.Module, d_model: int, mlp_width: int | None, device=None, dtype=None):
+        super().__init__()
+        self.norm1 = RMSNorm(d_model, device=device, dtype=dtype)
+        self.mixer = mixer
+        if mlp_width is not None:
+            self.norm2 = RMSNorm(d_model, device=device, dtype=dtype)
+            self.mlp = SwiGLU(d_model, mlp_width, device=device, dtype=dtype)
+        else:
+            self.norm2 = self.mlp = None
+
+    def forward(self, residual: torch.Tensor, segments: Segments, dtype: torch.dtype) -> torch.Tensor:
+        residual = residual + self.mixer(self.norm1(residual, dtype), segments).float()
+        if self.mlp is not None:
+            residual = residual + self.mlp(self.norm2(residual, dtype)).float()
+        return residual
+
+
+class Isotropic(nn.Module):
+    """A stack of blocks at one width, ending with its own RMSNorm; the residual stream is float32."""
+
+    def __init__(
+        self,
+        letters: list[str],
+        d_model: int,
+        mlp_width: int,
+        ssm: dict,
+        num_heads: int,
+        rotary_dim: int,
+        window_size: int,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        layers = []
+        for letter in letters:
+            if letter in "mM":
+                mixer = Mamba2(d_model, **ssm, **factory)
+            else:
+                mixer = CausalSelfAttention(d_model, num_heads, rotary_dim, window_size, **factory)
+            layers.append(Block(mixer, d_model, mlp_width if letter.isupper() else None, **factory))
+        self.layers = nn.ModuleList(layers)
+        self.rmsnorm = RMSNorm(d_model, **factory)
+        self.letters = "".join(letters)
+
+    @property
+    def height(self) -> int:
+        """Residual branches: one per mixer plus one per MLP (used to scale output-projection init)."""
+        return sum(2 if c.isupper() else 1 for c in self.letters)
+
+    def forward(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+        residual = x.float()
+        for layer in self.layers:
+            residual = layer(residual, segments, x.dtype)
+        return self.rmsnorm(residual, x.dtype)

@@ -1,0 +1,247 @@
+"""H-Net: the recursive stage (encoder -> routing -> chunk -> inner -> dechunk -> decoder) and the byte LM.
+
+Module attribute names follow the official implementation so that its state dicts load with strict=True.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .chunking import ChunkLayer, DeChunkLayer, RoutingModule, RoutingOutput, ratio_loss, straight_through
+from .config import HNetConfig
+from .layers.segments import Segments
+from .layers.stack import Isotropic
+
+
+class HNet(nn.Module):
+    """Stage ``stage`` of the hierarchy; its ``main_network`` is the next stage or, innermost, a plain stack."""
+
+    def __init__(self, config: HNetConfig, stage: int = 0, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.stage = stage
+        self.is_innermost = stage == config.num_stages - 1
+        d = config.d_model[stage]
+        d_prev = config.d_model[stage - 1] if stage > 0 else d
+        self.pad_dimension = nn.Parameter(torch.zeros(d - d_prev, **factory)) if d > d_prev else None
+
+        def stack(letters: list[str]) -> Isotropic:
+            ssm = config.ssm_cfg
+            return Isotropic(
+                letters,
+                d,
+                config.mlp_width(stage),
+                {
+                    "d_state": ssm.d_state,
+                    "d_conv": ssm.d_conv,
+                    "expand": ssm.expand,
+                    "headdim": ssm.headdim,
+                    "chunk_size": ssm.chunk_size,
+                },
+                config.attn_cfg.num_heads[stage],
+                config.attn_cfg.rotary_emb_dim[stage],
+                config.attn_cfg.window_size[stage],
+                **factory,
+            )
+
+        stacks = config.stacks(stage)
+        if self.is_innermost:
+            self.main_network = stack(stacks["main"])
+            return
+        self.encoder = stack(stacks["encoder"])
+        self.main_network = HNet(config, stage + 1, **factory)
+        self.decoder = stack(stacks["decoder"])
+        self.routing_module = RoutingModule(d, **factory)
+        self.chunk_layer = ChunkLayer()
+        self.dechunk_layer = DeChunkLayer()
+        self.residual_proj = nn.Linear(d, d, bias=True, device=device, dtype=torch.float32)  # fp32 on purpose
+        nn.init.zeros_(self.residual_proj.weight)
+
+    def forward(self, x: torch.Tensor, segments: Segments) -> tuple[torch.Tensor, list[RoutingOutput]]:
+        """x (B, L, D_in) -> (B, L, D_in) and the routing decisions of this and every inner stage."""
+        d_in = x.shape[-1]
+        if self.pad_dimension is not None:
+            x = torch.cat([x, self.pad_dimension.to(x.dtype).expand(*x.shape[:-1], -1)], dim=-1)
+        if self.is_innermost:
+            return self.main_network(x, segments)[..., :d_in], []
+
+        hidden = self.encoder(x, segments)
+        residual = self.residual_proj(hidden.float())
+        routing = self.routing_module(hidden, segments)
+        chunks, inner_segments, index = self.chunk_layer(hidden, routing, segments)
+        inner_out, inner_routing = self.main_network(chunks, inner_segments)
+        upsampled = self.dechunk_layer(inner_out, routing, index, inner_segments)
+        combined = (straight_through(upsampled.float(), routing.selected_probs.float()) + residual).to(x.dtype)
+        return self.decoder(combined, segments)[..., :d_in], [routing, *inner_routing]
+
+
+@dataclass
+class HNetOutput:
+    logits: torch.Tensor  # (B, L, 256)
+    routing: list[RoutingOutput] = field(default_factory=list)  # one per chunking stage, outermost first
+
+
+class HNetForCausalLM(nn.Module):
+    def __init__(self, config: HNetConfig, device=None, dtype=None):
+        super().__init__()
+        if not isinstance(config, HNetConfig):
+            raise TypeError(f"expected an HNetConfig, got {type(config).__name__}; use HNetConfig.from_json(path)")
+        self.config = config
+        factory = {"device": device, "dtype": dtype}
+        d0 = config.d_model[0]
+        self.embeddings = nn.Embedding(config.vocab_size, d0, **factory)
+        self.backbone = HNet(config, 0, **factory)
+        self.lm_head = nn.Linear(d0, config.vocab_size, bias=False, **factory)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embeddings.weight
+        init_weights(self)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+    ) -> HNetOutput:
+        """Next-byte logits for a (B, L) batch of byte ids.
+
+        mask: (B, L) bool, True on valid positions, right padding only; None = every position valid.
+        document_ids: (B, L) ints; a new document starts wherever the id changes along a row. Documents
+        packed into one row are then processed exactly as if each were alone.
+        """
+        segments = _check_inputs(input_ids, mask, document_ids, self.config.vocab_size)
+        hidden, routing = self.backbone(self.embeddings(input_ids), segments)
+        return HNetOutput(self.lm_head(hidden), routing)
+
+    def ratio_losses(self, output: HNetOutput, targets: list[float]) -> list[torch.Tensor]:
+        """One ratio loss per chunking stage (outermost first) with target bytes-per-chunk N per stage."""
+        if len(targets) != len(output.routing):
+            raise ValueError(f"need one ratio target per chunking stage ({len(output.routing)}), got {targets}")
+        return [ratio_loss(r, n) for r, n in zip(output.routing, targets)]
+
+    def stage_of(self, name: str) -> int:
+        """The stage that owns a parameter (embeddings and lm_head belong to stage 0)."""
+        return min(name.count("main_network."), self.config.num_stages - 1)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if strict:
+            expected = set(self.state_dict().keys())
+            given = set(state_dict.keys())
+            missing, unexpected = sorted(expected - given), sorted(given - expected)
+            if missing or unexpected:
+                raise ValueError(
+                    "state dict does not match this config:"
+                    + (f"\n  missing keys ({len(missing)}): {', '.join(missing[:20])}" if missing else "")
+                    + (f"\n  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}" if unexpected else "")
+                    + "\nCheck that the config matches the checkpoint."
+                )
+            own = self.state_dict()
+            wrong = [
+                f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                for k, v in state_dict.items()
+                if tuple(v.shape) != tuple(own[k].shape)
+            ]
+            if wrong:
+                raise ValueError("state dict shapes do not match this config:\n  " + "\n  ".join(wrong[:20]))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _check_inputs(input_ids, mask, document_ids, vocab_size: int) -> Segments:
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor of byte ids, got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one byte per row")
+    if input_ids.min() < 0 or input_ids.max() >= vocab_size:
+        raise ValueError(
+            f"input_ids must be byte values in 0..{vocab_size - 1}, got values in "
+            f"{int(input_ids.min())}..{int(input_ids.max())}"
+        )
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError("mask must be a bool tensor (True = valid position)")
+        if mask.shape != input_ids.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} differs from input_ids shape {tuple(input_ids.shape)}")
+        if not bool(mask[:, 0].all()):
+            raise ValueError("every row needs at least one valid position, and padding must be on the right")
+        if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            raise ValueError("mask must be right-padded: a valid position follows a padded one in some row")
+        if bool(mask.all()):
+            mask = None
+    starts = None
+    if document_ids is not None:
+        if not isinstance(document_ids, torch.Tensor) or document_ids.shape != input_ids.shape:
+            raise ValueError("document_ids must be a tensor with the same shape as input_ids")
+        starts = torch.nn.functional.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=False)
+        if not bool(starts.any()):
+            starts = None
+    return Segments(mask=mask, starts=starts)
+
+
+def residual_heights(config: HNetConfig) -> list[int]:
+    """n_res per stage (paper init): cumulative encoder+decoder heights, plus the main stack at the innermost stage."""
+
+    def height(letters):
+        return sum(2 if c.isupper() else 1 for c in letters)
+
+    heights, total = [], 0
+    for s in range(config.num_stages):
+        stacks = config.stacks(s)
+        if "main" in stacks:
+            heights.append(total + height(stacks["main"]))
+        else:
+            total += height(stacks["encoder"]) + height(stacks["decoder"])
+            heights.append(total)
+    return heights
+
+
+@torch.no_grad()
+def init_weights(model: HNetForCausalLM, std: float = 0.02) -> None:
+    """The official init: N(0, 0.02) linears, output projections scaled by 1/sqrt(n_res), embeddings N(0, 1)."""
+    if model.lm_head.weight.is_meta:
+        return
+    heights = residual_heights(model.config)
+    nn.init.normal_(model.embeddings.weight, std=1.0)
+    if not model.config.tie_embeddings:
+        nn.init.normal_(model.lm_head.weight, std=std)
+    stage = model.backbone
+    while True:
+        stacks = [stage.main_network] if stage.is_innermost else [stage.encoder, stage.decoder]
+        for stack in stacks:
+            for name, module in stack.named_modules():
+                if isinstance(module, nn.Linear):
+                    scale = math.sqrt(heights[stage.stage]) if name.endswith(("out_proj", "fc2")) else 1.0
+                    nn.init.normal_(module.weight, std=std / scale)
+        if stage.is_innermost:
+            break
+        stage = stage.main_network
+
+
+def parameter_groups(model: HNetForCausalLM, lr_multipliers: list[float], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups with a per-stage learning-rate multiplier (``lr_multiplier`` key).
+
+    Weight decay is off for biases, all norm weights, ``dt_bias``, ``A_log``, ``D`` and ``pad_dimension``
+    (a deliberate departure from the official helper, which only exempts ``.bias`` and ``.norm.`` names).
+    """
+    n = model.config.num_stages
+    if len(lr_multipliers) != n:
+        raise ValueError(f"need one learning-rate multiplier per stage ({n}), got {lr_multipliers}")
+    groups: dict[tuple[int, bool], list] = {}
+    seen = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        leaf = name.rsplit(".", 1)[-1]
+        no_decay = param.dim() < 2 or leaf in {"bias", "dt_bias", "A_log", "D", "pad_dimension"} or "norm" in name
+        groups.setdefault((model.stage_of(name), no_decay), []).append(param)
+    return [
+        {"params": params, "lr_multiplier": lr_multipliers[s], "weight_decay": 0.0 if nd else weight_decay, "stage": s}
+        for (s, nd), params in sorted(groups.items())
+    ]
