@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers.mamba2 import RESET_LOG_DECAY, chunked_scan
+from .layers.precision import upcast
 from .layers.segments import Segments
 
 EMA_CLAMP = 1e-4  # P = clamp(p, 1e-4, 1 - 1e-4) inside the dechunk EMA, as in the official code
@@ -103,7 +104,7 @@ class DeChunkLayer(nn.Module):
     def forward(
         self, chunks: torch.Tensor, routing: RoutingOutput, index: torch.Tensor, inner: Segments
     ) -> torch.Tensor:
-        prob = routing.boundary_prob.gather(1, index).float().clamp(EMA_CLAMP, 1 - EMA_CLAMP)
+        prob = upcast(routing.boundary_prob.gather(1, index)).clamp(EMA_CLAMP, 1 - EMA_CLAMP)
         smoothed = ema(chunks, prob, inner.starts).to(chunks.dtype)
         chunk_of = routing.boundary_mask.long().cumsum(dim=1) - 1  # chunk each position belongs to
         return smoothed.gather(1, chunk_of[..., None].expand(-1, -1, smoothed.shape[-1]))

@@ -13,6 +13,7 @@ from torch import nn
 
 from .chunking import ChunkLayer, DeChunkLayer, RoutingModule, RoutingOutput, ratio_loss, straight_through
 from .config import HNetConfig
+from .layers.precision import compute_dtype, upcast
 from .layers.segments import Segments
 from .layers.stack import Isotropic
 
@@ -58,7 +59,8 @@ class HNet(nn.Module):
         self.routing_module = RoutingModule(d, **factory)
         self.chunk_layer = ChunkLayer()
         self.dechunk_layer = DeChunkLayer()
-        self.residual_proj = nn.Linear(d, d, bias=True, device=device, dtype=torch.float32)  # fp32 on purpose
+        # fp32 on purpose, as in the official model (float64 in a float64 model)
+        self.residual_proj = nn.Linear(d, d, bias=True, device=device, dtype=compute_dtype(dtype))
         nn.init.zeros_(self.residual_proj.weight)
 
     def forward(self, x: torch.Tensor, segments: Segments) -> tuple[torch.Tensor, list[RoutingOutput]]:
@@ -70,12 +72,12 @@ class HNet(nn.Module):
             return self.main_network(x, segments)[..., :d_in], []
 
         hidden = self.encoder(x, segments)
-        residual = self.residual_proj(hidden.float())
+        residual = self.residual_proj(upcast(hidden))
         routing = self.routing_module(hidden, segments)
         chunks, inner_segments, index = self.chunk_layer(hidden, routing, segments)
         inner_out, inner_routing = self.main_network(chunks, inner_segments)
         upsampled = self.dechunk_layer(inner_out, routing, index, inner_segments)
-        combined = (straight_through(upsampled.float(), routing.selected_probs.float()) + residual).to(x.dtype)
+        combined = (straight_through(upcast(upsampled), upcast(routing.selected_probs)) + residual).to(x.dtype)
         return self.decoder(combined, segments)[..., :d_in], [routing, *inner_routing]
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norm import GatedRMSNorm
+from .precision import compute_dtype
 from .segments import Segments
 
 # log-decay that empties the state at a document start: exp() of it (and of any sum containing it)
@@ -125,7 +126,8 @@ class Mamba2(nn.Module):
         conv_dim = self.d_inner + 2 * d_state
         self.dt_bias = nn.Parameter(torch.empty(self.nheads, **factory))
         self.A_log = nn.Parameter(torch.empty(self.nheads, **factory))
-        self.D = nn.Parameter(torch.ones(self.nheads, device=device, dtype=torch.float32))  # fp32 as in mamba_ssm
+        # fp32 as in mamba_ssm (float64 in a float64 model)
+        self.D = nn.Parameter(torch.ones(self.nheads, device=device, dtype=compute_dtype(dtype)))
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * d_state + self.nheads, bias=False, **factory)
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1, **factory)
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, **factory)
@@ -148,12 +150,13 @@ class Mamba2(nn.Module):
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
         xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts))
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, l, h)
-        log_decay = dt * -torch.exp(self.A_log.float())
+        fp = compute_dtype(u.dtype)
+        dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
+        log_decay = dt * -torch.exp(self.A_log.to(fp))
         if segments.starts is not None:
             log_decay = log_decay.masked_fill(segments.starts[..., None], RESET_LOG_DECAY)
         x = x.reshape(b, l, self.nheads, self.headdim)
-        y, _ = chunked_scan(x.float() * dt[..., None], log_decay, B.float(), C.float(), self.chunk_size)
-        y = y + x.float() * self.D.float()[:, None]
+        y, _ = chunked_scan(x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.chunk_size)
+        y = y + x.to(fp) * self.D.to(fp)[:, None]
         y = self.norm(y.reshape(b, l, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)

@@ -1,14 +1,16 @@
-"""RMSNorm variants. Arithmetic runs in float32 and the result is cast back to the input dtype."""
+"""RMSNorm variants. Arithmetic runs in float32 (float64 for float64 inputs); the result is cast to the input dtype."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .precision import upcast
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
-    x = x.float()
-    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(out_dtype)
+    x = upcast(x)
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(x.dtype)).to(out_dtype)
 
 
 class RMSNorm(nn.Module):
@@ -25,4 +27,4 @@ class GatedRMSNorm(RMSNorm):
     """Mamba-2's output norm: RMSNorm(y * SiLU(z)) over all channels (one group, gate before the norm)."""
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return rms_norm(y.float() * nn.functional.silu(z.float()), self.weight, self.eps, y.dtype)
+        return rms_norm(upcast(y) * nn.functional.silu(upcast(z)), self.weight, self.eps, y.dtype)

@@ -9,6 +9,7 @@ from .attention import CausalSelfAttention
 from .mamba2 import Mamba2
 from .mlp import SwiGLU
 from .norm import RMSNorm
+from .precision import upcast
 from .segments import Segments
 
 
@@ -26,9 +27,9 @@ class Block(nn.Module):
             self.norm2 = self.mlp = None
 
     def forward(self, residual: torch.Tensor, segments: Segments, dtype: torch.dtype) -> torch.Tensor:
-        residual = residual + self.mixer(self.norm1(residual, dtype), segments).float()
+        residual = residual + self.mixer(self.norm1(residual, dtype), segments).to(residual.dtype)
         if self.mlp is not None:
-            residual = residual + self.mlp(self.norm2(residual, dtype)).float()
+            residual = residual + self.mlp(self.norm2(residual, dtype)).to(residual.dtype)
         return residual
 
 
@@ -66,7 +67,7 @@ class Isotropic(nn.Module):
         return sum(2 if c.isupper() else 1 for c in self.letters)
 
     def forward(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
-        residual = x.float()
+        residual = upcast(x)
         for layer in self.layers:
             residual = layer(residual, segments, x.dtype)
         return self.rmsnorm(residual, x.dtype)
