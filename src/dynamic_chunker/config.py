@@ -73,6 +73,9 @@ class HNetConfig:
             self.ssm_cfg = _build(SSMConfig, self.ssm_cfg, "ssm_cfg")
         if isinstance(self.attn_cfg, dict):
             self.attn_cfg = _build(AttnConfig, self.attn_cfg, "attn_cfg")
+        for name, cls in (("ssm_cfg", SSMConfig), ("attn_cfg", AttnConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"{name} must be a JSON object, got {type(getattr(self, name)).__name__}")
         self.validate()
 
     # ----------------------------------------------------------------- I/O
@@ -147,6 +150,8 @@ class HNetConfig:
                 raise TypeError(f"attn_cfg.{name} must be a list of integers, got {values!r}")
             if len(values) != n:
                 raise ValueError(f"attn_cfg.{name} has {len(values)} entries but arch_layout has {n} stages")
+        if not isinstance(self.tie_embeddings, bool):
+            raise TypeError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
         if self.vocab_size != 256:
             raise ValueError(f"vocab_size must be 256 for a byte-level H-Net, got {self.vocab_size}")
         for s in range(1, n):
