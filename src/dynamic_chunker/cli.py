@@ -36,6 +36,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import PreparedCorpus, debian_sources, file_source, hf_source, manifest_summary, prepare_corpus
+
+    if args.data_command == "info":
+        print(manifest_summary(PreparedCorpus(args.folder).manifest))
+        return 0
+    if args.files and args.hf_dataset:
+        raise ValueError("give either --files or --hf-dataset, not both")
+    if args.files:
+        sources = [file_source(args.files, licence=args.licence or "unspecified")]
+    elif args.hf_dataset:
+        sources = [hf_source(args.hf_dataset, args.hf_config, args.hf_split, args.text_field, args.licence)]
+    else:
+        try:
+            sources = debian_sources(args.name, args.cache_dir)
+        except RuntimeError as err:
+            print(f"hnet data prepare: {err}", file=sys.stderr)
+            return 1
+    manifest = prepare_corpus(
+        args.name,
+        args.out or Path("data") / args.name,
+        sources,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        invalid_utf8=args.invalid_utf8,
+        max_bytes=args.max_bytes,
+        progress=not args.no_progress,
+    )
+    print(manifest_summary(manifest))
+    print(f"written to {args.out or Path('data') / args.name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hnet",
@@ -55,6 +88,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folders", nargs="+", help="reference folders, e.g. tests/fixtures/official/tiny_2stage")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("data", help="prepare byte-level training corpora (`hnet data prepare english`)")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    p = data_sub.add_parser(
+        "prepare",
+        help="build a corpus folder: manifest.json, train/val .bin (BOS-separated documents) and .idx (offsets)",
+        description="Built-in corpora from Debian packages (apt-get download, nothing installed): english "
+        "(linux-doc-6.1, python3.11-doc and perl-doc sources), code (libpython3.11-stdlib), chinese (linux-doc zh "
+        "translations, manpages-zh, fortunes-zh), dna (ragout-examples genomes). Any other NAME needs --files or "
+        "--hf-dataset.",
+    )
+    p.add_argument("name", help="english, code, chinese, dna, or a name for --files / --hf-dataset corpora")
+    p.add_argument("--out", type=Path, help="output folder (default data/NAME)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents for validation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the document-path hash that fixes the split")
+    p.add_argument("--files", nargs="+", metavar="PATTERN", help="local files, folders or quoted globs ('**' ok)")
+    p.add_argument("--hf-dataset", help="Hugging Face dataset name or local dataset folder, streamed")
+    p.add_argument("--hf-config", help="dataset configuration (subset) name")
+    p.add_argument("--hf-split", default="train", help="dataset split to stream (default train)")
+    p.add_argument("--text-field", default="text", help="record field holding the text (default text)")
+    p.add_argument("--max-bytes", type=int, help="stop after this many document bytes")
+    p.add_argument("--licence", help="licence to record for --files / --hf-dataset sources")
+    p.add_argument(
+        "--invalid-utf8",
+        choices=["replace", "drop"],
+        default="replace",
+        help="documents that are not valid UTF-8: repair with U+FFFD (default) or leave out",
+    )
+    p.add_argument("--cache-dir", type=Path, help="where .deb files are kept (default ~/.cache/dynamic_chunker/debian)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data)
+    p = data_sub.add_parser("info", help="check a prepared corpus against its manifest and summarise it")
+    p.add_argument("folder", type=Path, help="corpus folder, e.g. data/english")
+    p.set_defaults(func=cmd_data)
     return parser
 
 
