@@ -52,6 +52,8 @@ def text_folder(tmp_path):
         (folder / "sub" if path.endswith("7.txt") else folder).mkdir(parents=True, exist_ok=True)
         (folder / "sub" / path if path.endswith("7.txt") else folder / path).write_bytes(data)
     (folder / "skip.md").write_bytes(b"# not a .txt file\n")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD.txt").write_bytes(b"hidden, never read from a folder\n")
     return folder
 
 
@@ -348,6 +350,11 @@ def test_cli_prepare_from_hf_and_files(tmp_path, text_folder, capsys):
     assert main(["data", "info", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "corpus 'mini'" in printed and "source files: 30 documents" in printed
+    folder_out = tmp_path / "folder"
+    assert (
+        main(["data", "prepare", "mini", "--files", str(text_folder), "--out", str(folder_out), "--no-progress"]) == 0
+    )
+    assert PreparedCorpus(folder_out).manifest["sources"][0]["documents"] == 31  # 30 .txt + skip.md, not .git/
     assert main(["data", "prepare", "mini", "--files", str(tmp_path / "nothing*"), "--out", str(out)]) == 2
     assert main(["data", "prepare", "klingon", "--out", str(out)]) == 2
     assert "matches no files" in capsys.readouterr().err

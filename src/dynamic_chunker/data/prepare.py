@@ -35,7 +35,10 @@ class Document:
 
 @dataclass
 class Source:
-    """An origin of documents. ``info`` goes to the manifest (kind, package, version, licence, what was selected)."""
+    """An origin of documents. ``info`` goes to the manifest (kind, package, version, licence, what was selected).
+
+    ``documents`` is usually a generator: a Source is read once.
+    """
 
     name: str
     info: dict[str, Any]

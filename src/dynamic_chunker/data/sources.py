@@ -15,12 +15,19 @@ from .prepare import Document, Source
 
 
 def expand_patterns(patterns: list[str]) -> list[Path]:
-    """Files named by ``patterns`` (files, folders taken recursively, globs with ``**``), sorted and deduplicated."""
+    """Files named by ``patterns`` (files, folders, globs with ``**``), sorted and deduplicated.
+
+    Folders are walked recursively, leaving out hidden files and folders (``.git`` and the like).
+    """
     found: set[Path] = set()
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            matches = [p for p in path.rglob("*") if p.is_file()]
+            matches = [
+                p
+                for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
         elif path.is_file():
             matches = [path]
         else:
