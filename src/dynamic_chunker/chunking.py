@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers.cache import valid_lengths
 from .layers.mamba2 import RESET_LOG_DECAY, chunked_scan
-from .layers.precision import upcast
+from .layers.precision import compute_dtype, upcast
 from .layers.segments import Segments
 
 EMA_CLAMP = 1e-4  # P = clamp(p, 1e-4, 1 - 1e-4) inside the dechunk EMA, as in the official code
@@ -45,7 +46,12 @@ class RoutingModule(nn.Module):
         for layer in (self.q_proj_layer, self.k_proj_layer):
             layer.weight.copy_(torch.eye(layer.weight.shape[0]))
 
-    def forward(self, hidden: torch.Tensor, segments: Segments) -> RoutingOutput:
+    def forward(self, hidden: torch.Tensor, segments: Segments, state: RoutingState | None = None) -> RoutingOutput:
+        """Routing of a (B, L, D) batch; with ``state``, also remember each row's last valid vector for decoding."""
+        if state is not None:
+            last = valid_lengths(segments, *hidden.shape[:2], hidden.device) - 1
+            state.previous.copy_(hidden.detach()[torch.arange(hidden.shape[0], device=hidden.device), last])
+            state.seen.fill_(True)
         q = F.normalize(self.q_proj_layer(hidden[:, :-1]), dim=-1)
         k = F.normalize(self.k_proj_layer(hidden[:, 1:]), dim=-1)
         p = torch.clamp((1 - (q * k).sum(dim=-1)) / 2, min=0.0, max=1.0)
@@ -56,6 +62,31 @@ class RoutingModule(nn.Module):
         boundary = decided if segments.mask is None else decided & segments.mask
         selected = torch.where(decided, p, 1 - p)
         return RoutingOutput(p, boundary, selected, segments.mask)
+
+    def allocate_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> RoutingState:
+        d = self.q_proj_layer.in_features
+        return RoutingState(
+            torch.zeros(batch_size, d, dtype=dtype, device=device),
+            torch.zeros(batch_size, dtype=torch.bool, device=device),
+        )
+
+    def step(self, hidden: torch.Tensor, state: RoutingState, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p, b) for one new vector per row of ``rows``: hidden (k, D) -> two (k,) tensors; p = 1 on a row's first."""
+        q = F.normalize(self.q_proj_layer(state.previous[rows].to(hidden.dtype)), dim=-1)
+        k = F.normalize(self.k_proj_layer(hidden), dim=-1)
+        p = torch.clamp((1 - (q * k).sum(dim=-1)) / 2, min=0.0, max=1.0)
+        p = torch.where(state.seen[rows], p, torch.ones_like(p))
+        state.previous[rows] = hidden.to(state.previous.dtype)
+        state.seen[rows] = True
+        return p, p > 0.5
+
+
+@dataclass
+class RoutingState:
+    """Decoding state of a router: the previous encoder output of each row, and whether there was one."""
+
+    previous: torch.Tensor  # (B, D)
+    seen: torch.Tensor  # (B,) bool
 
 
 def chunk_order(boundary_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,12 +133,44 @@ class DeChunkLayer(nn.Module):
     """Smoothing (EMA over chunks weighted by boundary probability) and plug-back to the outer resolution."""
 
     def forward(
-        self, chunks: torch.Tensor, routing: RoutingOutput, index: torch.Tensor, inner: Segments
+        self,
+        chunks: torch.Tensor,
+        routing: RoutingOutput,
+        index: torch.Tensor,
+        inner: Segments,
+        state: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """With ``state`` (B, D), also store each row's last smoothed chunk vector for decoding."""
         prob = upcast(routing.boundary_prob.gather(1, index)).clamp(EMA_CLAMP, 1 - EMA_CLAMP)
-        smoothed = ema(chunks, prob, inner.starts).to(chunks.dtype)
+        smoothed = ema(chunks, prob, inner.starts)
+        if state is not None:
+            last = valid_lengths(inner, *chunks.shape[:2], chunks.device) - 1
+            state.copy_(smoothed.detach()[torch.arange(chunks.shape[0], device=chunks.device), last])
+        smoothed = smoothed.to(chunks.dtype)
         chunk_of = routing.boundary_mask.long().cumsum(dim=1) - 1  # chunk each position belongs to
         return smoothed.gather(1, chunk_of[..., None].expand(-1, -1, smoothed.shape[-1]))
+
+    @staticmethod
+    def allocate_state(batch_size: int, d_model: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The last smoothed value of each row (B, D), kept in the compute dtype like the forward's EMA."""
+        return torch.zeros(batch_size, d_model, dtype=compute_dtype(dtype), device=device)
+
+    def step(
+        self,
+        inner: torch.Tensor | None,
+        prob: torch.Tensor,
+        fired: torch.Tensor,
+        state: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """Dechunk one position of each row in ``rows`` (k,). ``inner`` holds the inner network's outputs for the rows
+        ``fired`` (indices into ``rows``, where a chunk starts); the others repeat their previous value (k, D)."""
+        value = state[rows]
+        if inner is not None:
+            P = upcast(prob[fired]).clamp(EMA_CLAMP, 1 - EMA_CLAMP)[:, None]
+            value[fired] = (P * upcast(inner) + (1 - P) * value[fired]).to(value.dtype)
+            state[rows] = value
+        return value
 
 
 def straight_through(values: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
@@ -122,6 +185,6 @@ def ratio_loss(routing: RoutingOutput, target: float) -> torch.Tensor:
     """
     if target <= 1:
         raise ValueError(f"the ratio-loss target N (bytes per chunk) must be > 1, got {target}")
-    F_ = routing.boundary_mask.float().mean()
-    G = routing.boundary_prob.float().mean()
+    G = upcast(routing.boundary_prob).mean()  # float32, or float64 in a float64 model
+    F_ = routing.boundary_mask.to(G.dtype).mean()
     return target / (target - 1) * ((target - 1) * F_ * G + (1 - F_) * (1 - G))

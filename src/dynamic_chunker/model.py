@@ -11,11 +11,46 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .chunking import ChunkLayer, DeChunkLayer, RoutingModule, RoutingOutput, ratio_loss, straight_through
+from .chunking import (
+    ChunkLayer,
+    DeChunkLayer,
+    RoutingModule,
+    RoutingOutput,
+    RoutingState,
+    ratio_loss,
+    straight_through,
+)
 from .config import HNetConfig
 from .layers.precision import compute_dtype, upcast
 from .layers.segments import Segments
 from .layers.stack import Isotropic
+
+
+@dataclass
+class StageCache:
+    """Decoding state of one stage, mirroring :class:`HNet`. Parts a stage does not have are None."""
+
+    main: StageCache | list | None = None  # the next stage's cache, or the innermost stack's layer caches
+    encoder: list | None = None
+    decoder: list | None = None
+    routing: RoutingState | None = None
+    dechunk: torch.Tensor | None = None  # (B, D) last smoothed chunk vector
+
+
+@dataclass
+class InferenceCache:
+    """Decoding state of a whole model: ``batch_size`` rows of at most ``max_seqlen`` bytes each (prompt + new)."""
+
+    batch_size: int
+    max_seqlen: int
+    stages: StageCache
+    seqlen_offset: int = 0  # bytes processed by the longest row: padded prefill length + steps
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # (B, 256) next-byte logits after the new byte
+    boundary_mask: torch.Tensor  # (B, chunking stages) long: 1 / 0 = chunk starts here or not; -1 = stage did not run
 
 
 class HNet(nn.Module):
@@ -63,22 +98,65 @@ class HNet(nn.Module):
         self.residual_proj = nn.Linear(d, d, bias=True, device=device, dtype=compute_dtype(dtype))
         nn.init.zeros_(self.residual_proj.weight)
 
-    def forward(self, x: torch.Tensor, segments: Segments) -> tuple[torch.Tensor, list[RoutingOutput]]:
-        """x (B, L, D_in) -> (B, L, D_in) and the routing decisions of this and every inner stage."""
+    def forward(
+        self, x: torch.Tensor, segments: Segments, cache: StageCache | None = None
+    ) -> tuple[torch.Tensor, list[RoutingOutput]]:
+        """x (B, L, D_in) -> (B, L, D_in) and the routing decisions of this and every inner stage.
+
+        With ``cache`` (prefill) every component also stores its decoding state at each row's last valid position.
+        """
+        if cache is None:
+            cache = StageCache()
         d_in = x.shape[-1]
         if self.pad_dimension is not None:
             x = torch.cat([x, self.pad_dimension.to(x.dtype).expand(*x.shape[:-1], -1)], dim=-1)
         if self.is_innermost:
-            return self.main_network(x, segments)[..., :d_in], []
+            return self.main_network(x, segments, cache.main)[..., :d_in], []
 
-        hidden = self.encoder(x, segments)
+        hidden = self.encoder(x, segments, cache.encoder)
         residual = self.residual_proj(upcast(hidden))
-        routing = self.routing_module(hidden, segments)
+        routing = self.routing_module(hidden, segments, cache.routing)
         chunks, inner_segments, index = self.chunk_layer(hidden, routing, segments)
-        inner_out, inner_routing = self.main_network(chunks, inner_segments)
-        upsampled = self.dechunk_layer(inner_out, routing, index, inner_segments)
+        inner_out, inner_routing = self.main_network(chunks, inner_segments, cache.main)
+        upsampled = self.dechunk_layer(inner_out, routing, index, inner_segments, cache.dechunk)
         combined = (straight_through(upcast(upsampled), upcast(routing.selected_probs)) + residual).to(x.dtype)
-        return self.decoder(combined, segments)[..., :d_in], [routing, *inner_routing]
+        return self.decoder(combined, segments, cache.decoder)[..., :d_in], [routing, *inner_routing]
+
+    def allocate_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> StageCache:
+        args = (batch_size, max_seqlen, dtype, device)
+        if self.is_innermost:
+            return StageCache(main=self.main_network.allocate_cache(*args))
+        return StageCache(
+            main=self.main_network.allocate_cache(*args),
+            encoder=self.encoder.allocate_cache(*args),
+            decoder=self.decoder.allocate_cache(*args),
+            routing=self.routing_module.allocate_state(batch_size, dtype, device),
+            dechunk=self.dechunk_layer.allocate_state(batch_size, self.residual_proj.in_features, dtype, device),
+        )
+
+    def step(self, x: torch.Tensor, cache: StageCache, rows: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+        """One new vector for each batch row in ``rows`` (k,): x (k, D_in) -> (k, D_in).
+
+        The inner stage advances only for the rows whose router fired (gathered, stepped, scattered back); the
+        others reuse their last smoothed chunk vector. Decisions are written to ``boundaries`` (B, stages).
+        """
+        d_in = x.shape[-1]
+        if self.pad_dimension is not None:
+            x = torch.cat([x, self.pad_dimension.to(x.dtype).expand(x.shape[0], -1)], dim=-1)
+        if self.is_innermost:
+            return self.main_network.step(x, cache.main, rows)[..., :d_in]
+
+        hidden = self.encoder.step(x, cache.encoder, rows)
+        residual = self.residual_proj(upcast(hidden))
+        prob, boundary = self.routing_module.step(hidden, cache.routing, rows)
+        boundaries[rows, self.stage] = boundary.long()
+        fired = boundary.nonzero().squeeze(1)
+        inner = None
+        if fired.numel():
+            inner = self.main_network.step(hidden[fired], cache.main, rows[fired], boundaries)
+        smoothed = self.dechunk_layer.step(inner, prob, fired, cache.dechunk, rows)
+        combined = (upcast(smoothed.to(x.dtype)) + residual).to(x.dtype)  # STE(c) = 1 in the forward pass
+        return self.decoder.step(combined, cache.decoder, rows)[..., :d_in]
 
 
 @dataclass
@@ -107,16 +185,89 @@ class HNetForCausalLM(nn.Module):
         input_ids: torch.Tensor,
         mask: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
+        inference_params: InferenceCache | None = None,
     ) -> HNetOutput:
         """Next-byte logits for a (B, L) batch of byte ids.
 
         mask: (B, L) bool, True on valid positions, right padding only; None = every position valid.
         document_ids: (B, L) ints; a new document starts wherever the id changes along a row. Documents
         packed into one row are then processed exactly as if each were alone.
+        inference_params: a fresh cache from ``allocate_inference_cache`` to prefill for decoding with ``step``;
+        each row's state ends at its own last valid position, so prompts of different lengths decode together.
         """
         segments = _check_inputs(input_ids, mask, document_ids, self.config.vocab_size)
-        hidden, routing = self.backbone(self.embeddings(input_ids), segments)
+        stages = None
+        if inference_params is not None:
+            _check_prefill(inference_params, input_ids.shape, document_ids)
+            stages = inference_params.stages
+            inference_params.seqlen_offset = input_ids.shape[1]
+        hidden, routing = self.backbone(self.embeddings(input_ids), segments, stages)
         return HNetOutput(self.lm_head(hidden), routing)
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None):
+        """Empty decoding state for ``batch_size`` rows of at most ``max_seqlen`` bytes (prompt + generated).
+
+        Fill it with a prefill ``model(input_ids, mask=..., inference_params=cache)`` (or start stepping from
+        empty); ``dtype`` (default: the model's) is the storage dtype of KV caches, conv windows and router state.
+        """
+        for name, value in (("batch_size", batch_size), ("max_seqlen", max_seqlen)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        weight = self.embeddings.weight
+        stages = self.backbone.allocate_cache(batch_size, max_seqlen, dtype or weight.dtype, weight.device)
+        return InferenceCache(batch_size, max_seqlen, stages)
+
+    @torch.inference_mode()
+    def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> StepOutput:
+        """Feed one new byte per row, input_ids (B,) or (B, 1), and get the logits for the byte after it.
+
+        The encoders and decoders run for every row; each inner stage runs only for the rows whose router fired.
+        """
+        if not isinstance(cache, InferenceCache):
+            raise TypeError(f"cache must come from allocate_inference_cache, got {type(cache).__name__}")
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 1:
+            input_ids = input_ids[:, 0]
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 1:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"step takes one byte per row, shape (batch,) or (batch, 1); got {shape}")
+        _check_inputs(input_ids[:, None], None, None, self.config.vocab_size)
+        if input_ids.shape[0] != cache.batch_size:
+            raise ValueError(f"got {input_ids.shape[0]} rows but the cache was allocated for {cache.batch_size}")
+        if cache.seqlen_offset >= cache.max_seqlen:
+            raise ValueError(
+                f"the cache is full: it holds max_seqlen={cache.max_seqlen} bytes per row; allocate a larger one"
+            )
+        batch = input_ids.shape[0]
+        rows = torch.arange(batch, device=input_ids.device)
+        boundaries = torch.full((batch, self.config.num_stages - 1), -1, dtype=torch.long, device=input_ids.device)
+        hidden = self.backbone.step(self.embeddings(input_ids.long()), cache.stages, rows, boundaries)
+        cache.seqlen_offset += 1
+        return StepOutput(self.lm_head(hidden), boundaries)
+
+    def generate(self, prompts, max_new_bytes: int = 256, **sampling) -> list[bytes]:
+        """Continue each prompt (str or bytes) byte by byte; see :func:`dynamic_chunker.inference.generate`."""
+        from .inference import generate
+
+        return generate(self, prompts, max_new_bytes, **sampling)
+
+    def generate_stream(self, prompt, max_new_bytes: int = 256, **sampling):
+        """Yield the continuation of one prompt as text pieces; see :func:`dynamic_chunker.inference.stream`."""
+        from .inference import stream
+
+        return stream(self, prompt, max_new_bytes, **sampling)
+
+    def save_pretrained(self, directory) -> None:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory``."""
+        from .checkpoints import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs) -> HNetForCausalLM:
+        """Load a folder, a checkpoint file or a Hub id; see :func:`dynamic_chunker.checkpoints.from_pretrained`."""
+        from .checkpoints import from_pretrained
+
+        return from_pretrained(name_or_path, **kwargs)
 
     def ratio_losses(self, output: HNetOutput, targets: list[float]) -> list[torch.Tensor]:
         """One ratio loss per chunking stage (outermost first) with target bytes-per-chunk N per stage."""
@@ -149,6 +300,19 @@ class HNetForCausalLM(nn.Module):
             if wrong:
                 raise ValueError("state dict shapes do not match this config:\n  " + "\n  ".join(wrong[:20]))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _check_prefill(cache, shape: torch.Size, document_ids) -> None:
+    if not isinstance(cache, InferenceCache):
+        raise TypeError(f"inference_params must come from allocate_inference_cache, got {type(cache).__name__}")
+    if document_ids is not None:
+        raise ValueError("a prefill takes one sequence per row: use mask=, not document_ids=, with inference_params")
+    if cache.seqlen_offset:
+        raise ValueError("this cache has already been used: a prefill needs a fresh one from allocate_inference_cache")
+    if shape[0] != cache.batch_size:
+        raise ValueError(f"got {shape[0]} rows but the cache was allocated for {cache.batch_size}")
+    if shape[1] > cache.max_seqlen:
+        raise ValueError(f"the prompt has {shape[1]} positions but the cache holds max_seqlen={cache.max_seqlen}")
 
 
 def _check_inputs(input_ids, mask, document_ids, vocab_size: int) -> Segments:

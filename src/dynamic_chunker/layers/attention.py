@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import KVCache, valid_lengths
 from .segments import Segments
 
 
@@ -49,14 +50,48 @@ class CausalSelfAttention(nn.Module):
         self.Wqkv = nn.Linear(d_model, 3 * d_model, bias=False, device=device, dtype=dtype)
         self.out_proj = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segments: Segments, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D). With ``cache``, also store the keys/values each row's next steps can see."""
         b, l, d = x.shape
         q, k, v = self.Wqkv(x).view(b, l, 3, self.num_heads, self.head_dim).unbind(dim=2)
         if self.rotary_dim:
             cos, sin = rotary_cos_sin(segments.positions(l, x.device), self.rotary_dim, x.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            cache.prefill(k, v, valid_lengths(segments, b, l, x.device))
         mask = attention_mask(l, self.window_size, segments, x.device)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None
         )
         return self.out_proj(out.transpose(1, 2).reshape(b, l, d))
+
+    # ------------------------------------------------------------------ decoding
+    def allocate_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> KVCache:
+        slots = max_seqlen if self.window_size < 0 else min(max_seqlen, self.window_size + 1)
+        shape = (batch_size, slots, self.num_heads, self.head_dim)
+        return KVCache(
+            keys=torch.zeros(shape, dtype=dtype, device=device),
+            values=torch.zeros(shape, dtype=dtype, device=device),
+            positions=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    def step(self, x: torch.Tensor, cache: KVCache, rows: torch.Tensor) -> torch.Tensor:
+        """One new position for the batch rows ``rows``: x (k, D) -> (k, D); each row has its own position."""
+        n, d = x.shape
+        q, k, v = self.Wqkv(x).view(n, 3, self.num_heads, self.head_dim).unbind(dim=1)
+        pos = cache.positions[rows]
+        if self.rotary_dim:
+            cos, sin = rotary_cos_sin(pos, self.rotary_dim, x.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        slots = cache.keys.shape[1]
+        cache.keys[rows, pos % slots] = k.to(cache.keys.dtype)
+        cache.values[rows, pos % slots] = v.to(cache.values.dtype)
+        cache.positions[rows] = pos + 1
+        cache.filled = min(slots, cache.filled + 1)
+        keys = cache.keys[rows, : cache.filled].to(q.dtype)
+        values = cache.values[rows, : cache.filled].to(q.dtype)
+        visible = torch.arange(cache.filled, device=x.device) <= pos[:, None]  # see KVCache
+        out = F.scaled_dot_product_attention(
+            q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2), attn_mask=visible[:, None, None, :]
+        )
+        return self.out_proj(out.reshape(n, d))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import MambaCache, valid_lengths
 from .norm import GatedRMSNorm
 from .precision import compute_dtype
 from .segments import Segments
@@ -145,18 +146,66 @@ class Mamba2(nn.Module):
         self.A_log.copy_(torch.log(torch.empty(self.nheads).uniform_(1, 16)))
         self.D.fill_(1.0)
 
-    def forward(self, u: torch.Tensor, segments: Segments) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, segments: Segments, cache: MambaCache | None = None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D). With ``cache``, also store each row's state at its last valid position."""
         b, l, _ = u.shape
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
+        if cache is not None:
+            self._prefill_conv(xBC, valid_lengths(segments, b, l, u.device), cache)
         xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts))
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
         fp = compute_dtype(u.dtype)
         dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
+        if cache is not None and segments.mask is not None:
+            dt = dt * segments.mask[..., None]  # dt = 0 on padding: the state stays as each row's last position left it
         log_decay = dt * -torch.exp(self.A_log.to(fp))
         if segments.starts is not None:
             log_decay = log_decay.masked_fill(segments.starts[..., None], RESET_LOG_DECAY)
         x = x.reshape(b, l, self.nheads, self.headdim)
-        y, _ = chunked_scan(x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.chunk_size)
+        y, final_state = chunked_scan(x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.chunk_size)
+        if cache is not None:
+            cache.ssm.copy_(final_state.detach())
         y = y + x.to(fp) * self.D.to(fp)[:, None]
         y = self.norm(y.reshape(b, l, self.d_inner).to(u.dtype), z)
+        return self.out_proj(y)
+
+    # ------------------------------------------------------------------ decoding
+    def allocate_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> MambaCache:
+        """Zero state; its size does not depend on ``max_seqlen`` (kept for the same signature as attention)."""
+        conv_dim = self.d_inner + 2 * self.d_state
+        return MambaCache(
+            conv=torch.zeros(batch_size, conv_dim, self.d_conv, dtype=dtype, device=device),
+            ssm=torch.zeros(
+                batch_size, self.nheads, self.headdim, self.d_state, dtype=compute_dtype(dtype), device=device
+            ),
+        )
+
+    def _prefill_conv(self, xBC: torch.Tensor, lengths: torch.Tensor, cache: MambaCache) -> None:
+        """Keep the d_conv conv inputs that end at each row's last valid position (zeros before the start)."""
+        K = self.d_conv
+        padded = F.pad(xBC.detach(), (0, 0, K, 0))  # position t sits at t + K
+        index = lengths[:, None] + torch.arange(K, device=xBC.device)  # positions length - K .. length - 1
+        window = padded.gather(1, index[..., None].expand(-1, -1, xBC.shape[-1]))
+        cache.conv.copy_(window.transpose(1, 2))
+
+    def step(self, u: torch.Tensor, cache: MambaCache, rows: torch.Tensor) -> torch.Tensor:
+        """One new position for the batch rows ``rows``: u (k, D) -> (k, D). The math of ``forward`` as a recurrence."""
+        k = u.shape[0]
+        fp = compute_dtype(u.dtype)
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
+        window = torch.cat([cache.conv[rows, :, 1:], xBC[..., None].to(cache.conv.dtype)], dim=-1)
+        cache.conv[rows] = window
+        conv = (window.to(fp) * self.conv1d.weight[:, 0, :].to(fp)).sum(-1) + self.conv1d.bias.to(fp)
+        xBC = F.silu(conv.to(u.dtype))
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (k, h)
+        decay = torch.exp(dt * -torch.exp(self.A_log.to(fp)))
+        x = x.reshape(k, self.nheads, self.headdim).to(fp)
+        state = (
+            cache.ssm[rows].to(fp) * decay[..., None, None]
+            + (dt[..., None] * x)[..., None] * B.to(fp)[:, None, None, :]
+        )
+        cache.ssm[rows] = state.to(cache.ssm.dtype)
+        y = (state @ C.to(fp)[:, None, :, None]).squeeze(-1) + x * self.D.to(fp)[:, None]
+        y = self.norm(y.reshape(k, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)

@@ -26,8 +26,15 @@ class Block(nn.Module):
         else:
             self.norm2 = self.mlp = None
 
-    def forward(self, residual: torch.Tensor, segments: Segments, dtype: torch.dtype) -> torch.Tensor:
-        residual = residual + self.mixer(self.norm1(residual, dtype), segments).to(residual.dtype)
+    def forward(self, residual: torch.Tensor, segments: Segments, dtype: torch.dtype, cache=None) -> torch.Tensor:
+        residual = residual + self.mixer(self.norm1(residual, dtype), segments, cache).to(residual.dtype)
+        if self.mlp is not None:
+            residual = residual + self.mlp(self.norm2(residual, dtype)).to(residual.dtype)
+        return residual
+
+    def step(self, residual: torch.Tensor, cache, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``forward`` for one new position of the batch rows ``rows``; residual is (k, D)."""
+        residual = residual + self.mixer.step(self.norm1(residual, dtype), cache, rows).to(residual.dtype)
         if self.mlp is not None:
             residual = residual + self.mlp(self.norm2(residual, dtype)).to(residual.dtype)
         return residual
@@ -66,8 +73,20 @@ class Isotropic(nn.Module):
         """Residual branches: one per mixer plus one per MLP (used to scale output-projection init)."""
         return sum(2 if c.isupper() else 1 for c in self.letters)
 
-    def forward(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segments: Segments, cache: list | None = None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D). ``cache`` (from ``allocate_cache``) is filled for decoding when given."""
         residual = upcast(x)
-        for layer in self.layers:
-            residual = layer(residual, segments, x.dtype)
+        for i, layer in enumerate(self.layers):
+            residual = layer(residual, segments, x.dtype, None if cache is None else cache[i])
+        return self.rmsnorm(residual, x.dtype)
+
+    def allocate_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> list:
+        """One cache per layer (see layers/cache.py)."""
+        return [layer.mixer.allocate_cache(batch_size, max_seqlen, dtype, device) for layer in self.layers]
+
+    def step(self, x: torch.Tensor, cache: list, rows: torch.Tensor) -> torch.Tensor:
+        """One new position for the batch rows ``rows``: x (k, D) -> (k, D)."""
+        residual = upcast(x)
+        for layer, layer_cache in zip(self.layers, cache):
+            residual = layer.step(residual, layer_cache, rows, x.dtype)
         return self.rmsnorm(residual, x.dtype)

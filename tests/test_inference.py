@@ -1,0 +1,177 @@
+"""Cached decoding: prefill + step against full forwards (official fixtures and random configs), batched rows."""
+
+import pytest
+import torch
+
+from dynamic_chunker import HNetConfig, HNetForCausalLM
+from dynamic_chunker.reference import load_reference
+
+from .conftest import OFFICIAL
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Decoding is many tiny ops; on a busy 2-core machine, thread synchronisation would dominate their run time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(chunking_stages: int) -> HNetConfig:
+    """Small configs with every kind of stack and sliding windows (2-4 keys) much shorter than the test sequences."""
+    layouts = {
+        1: ["m1t1", ["T1m1"], "m1"],
+        2: ["m1", ["t1m1", ["T1"], "m1t1"], "M1"],
+        3: ["m1", ["t1", ["m1", ["T1"], "t1"], "m1"], "t1"],
+    }
+    widths = [32, 48, 48, 64][: chunking_stages + 1]
+    n = chunking_stages + 1
+    return HNetConfig.from_dict(
+        {
+            "arch_layout": layouts[chunking_stages],
+            "d_model": widths,
+            "d_intermediate": [64] * n,
+            "ssm_cfg": {"d_state": 8, "d_conv": 4, "expand": 2, "chunk_size": 8, "headdim": 16},
+            "attn_cfg": {"num_heads": [2] * n, "rotary_emb_dim": [8] * n, "window_size": [3, 2, 4, -1][:n]},
+        }
+    )
+
+
+def random_model(chunking_stages: int, dtype=torch.float64, seed: int = 0) -> HNetForCausalLM:
+    torch.manual_seed(seed)
+    model = HNetForCausalLM(tiny_config(chunking_stages), dtype=dtype).eval()
+    with torch.no_grad():  # random routers (the identity init puts every p near 0.5) and non-zero residual paths
+        for name, param in model.named_parameters():
+            if "q_proj_layer" in name or "k_proj_layer" in name or "residual_proj.weight" in name:
+                param.copy_(torch.randn_like(param) / param.shape[1] ** 0.5)
+    return model
+
+
+def byte_decisions(routing, row: int, length: int) -> torch.Tensor:
+    """(length, stages) per-byte boundary decisions of a full forward; -1 where a stage never saw the byte."""
+    out = torch.full((length, len(routing)), -1, dtype=torch.long)
+    positions = torch.arange(length)  # bytes behind the positions of the current stage
+    for s, r in enumerate(routing):
+        fired = r.boundary_mask[row, : len(positions)]
+        out[positions, s] = fired.long()
+        positions = positions[fired]
+    return out
+
+
+def prefill_then_step(model, ids: torch.Tensor, prefill_len: int, lengths=None):
+    """Logits (B, L, 256) and decisions (B, L - prefill_len, stages) of a prefill followed by one step per byte.
+
+    ``lengths`` (B,) right-pads the prefill: row b prefills ids[b, :lengths[b]] and then steps ids[b, lengths[b]:].
+    Rows are then aligned by step index, so the comparison uses each row's own positions.
+    """
+    batch, L = ids.shape
+    lengths = torch.full((batch,), prefill_len) if lengths is None else lengths
+    P = int(lengths.max())
+    cache = model.allocate_inference_cache(batch, P + L - int(lengths.min()))
+    logits = torch.zeros(batch, L, 256, dtype=model.embeddings.weight.dtype)
+    decisions = torch.full((batch, L, model.config.num_stages - 1), -2, dtype=torch.long)
+    if P:
+        mask = torch.arange(P)[None] < lengths[:, None]
+        with torch.no_grad():
+            out = model(ids[:, :P].masked_fill(~mask, 0), mask=mask, inference_params=cache)
+        for b in range(batch):
+            logits[b, : lengths[b]] = out.logits[b, : lengths[b]]
+    rows = torch.arange(batch)
+    for i in range(L - int(lengths.min())):
+        t = (lengths + i).clamp(max=L - 1)  # rows that ran out of bytes repeat their last one (ignored below)
+        out = model.step(ids[rows, t], cache)
+        live = lengths + i < L
+        logits[rows[live], t[live]] = out.logits[live]
+        decisions[rows[live], t[live]] = out.boundary_mask[live]
+    return logits, decisions
+
+
+@pytest.mark.parametrize("name", ["tiny_1stage", "tiny_2stage"])
+def test_step_matches_official_reference(name):
+    model, exp, _ = load_reference(OFFICIAL / name)
+    ids = exp["input_ids"][:1]
+    P = int(exp["step.prefill_len"])
+    logits, decisions = prefill_then_step(model, ids, P)
+    assert (logits[0] - exp["step.logits"]).abs().max() < 1e-4
+    assert torch.equal(decisions[0, P:], exp["step.boundary_mask"])
+
+
+@pytest.mark.parametrize("stages", [1, 2, 3])
+@pytest.mark.parametrize("prefill_len", [0, 1, 13])
+def test_step_matches_forward(stages, prefill_len):
+    model = random_model(stages)
+    torch.manual_seed(1)
+    ids = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        full = model(ids)
+    logits, decisions = prefill_then_step(model, ids, prefill_len)
+    assert (logits - full.logits).abs().max() < 1e-10
+    for b in range(2):
+        expected = byte_decisions(full.routing, b, ids.shape[1])
+        assert torch.equal(decisions[b, prefill_len:], expected[prefill_len:])
+    inner = decisions[:, prefill_len:, -1]
+    assert (inner == 1).any() and (inner != 1).any()  # the innermost network both ran and was skipped
+
+
+def test_step_matches_forward_float32():
+    model = random_model(2, dtype=torch.float32)
+    ids = torch.randint(0, 256, (1, 48), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids)
+    logits, decisions = prefill_then_step(model, ids, 5)
+    assert (logits - full.logits).abs().max() < 1e-4
+    assert torch.equal(decisions[0, 5:], byte_decisions(full.routing, 0, 48)[5:])
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_padded_batch_decodes_like_single_rows(stages):
+    """Prompts of lengths 1..23 prefilled together (right padding), then stepped together: every row equals itself
+    decoded alone, although rows fire their routers at different steps."""
+    model = random_model(stages)
+    ids = torch.randint(0, 256, (4, 36), generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([7, 1, 23, 12])
+    logits, decisions = prefill_then_step(model, ids, 0, lengths)
+    for b in range(4):
+        alone_logits, alone_decisions = prefill_then_step(model, ids[b : b + 1], int(lengths[b]))
+        assert (logits[b] - alone_logits[0]).abs().max() < 1e-10
+        assert torch.equal(decisions[b, lengths[b] :], alone_decisions[0, lengths[b] :])
+
+
+def test_cache_dtype_can_differ_from_model():
+    model = random_model(2)
+    ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(4))
+    cache = model.allocate_inference_cache(1, 20, dtype=torch.float32)
+    with torch.no_grad():
+        full = model(ids).logits
+        model(ids[:, :10], inference_params=cache)
+    stepped = torch.stack([model.step(ids[:, t], cache).logits[0] for t in range(10, 20)])
+    assert (stepped[:-1] - full[0, 10:-1]).abs().max() < 1e-4
+
+
+def test_cache_errors():
+    model = random_model(1)
+    ids = torch.randint(0, 256, (2, 6))
+    cache = model.allocate_inference_cache(2, 7)
+    with pytest.raises(ValueError, match="allocated for 2"):
+        model(ids[:1], inference_params=cache)
+    with pytest.raises(ValueError, match="document_ids"):
+        model(ids, document_ids=torch.zeros_like(ids), inference_params=cache)
+    with pytest.raises(ValueError, match="max_seqlen=7"):
+        model(torch.zeros(2, 8, dtype=torch.long), inference_params=cache)
+    model(ids, inference_params=cache)
+    with pytest.raises(ValueError, match="fresh one"):
+        model(ids, inference_params=cache)
+    with pytest.raises(ValueError, match="allocated for 2"):
+        model.step(ids[:1, 0], cache)
+    with pytest.raises(ValueError, match="one byte per row"):
+        model.step(ids[:, :2], cache)
+    with pytest.raises(ValueError, match="0..255"):
+        model.step(torch.tensor([1, 300]), cache)
+    model.step(ids[:, 0], cache)
+    with pytest.raises(ValueError, match="cache is full"):
+        model.step(ids[:, 0], cache)
+    with pytest.raises(TypeError, match="allocate_inference_cache"):
+        model.step(ids[:, 0], {})
+    with pytest.raises(ValueError, match="batch_size"):
+        model.allocate_inference_cache(0, 5)
