@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
+from dynamic_chunker.inference import BOS, encode, sample, utf8_pieces
 from dynamic_chunker.reference import load_reference
 
 from .conftest import OFFICIAL
@@ -175,3 +176,83 @@ def test_cache_errors():
         model.step(ids[:, 0], {})
     with pytest.raises(ValueError, match="batch_size"):
         model.allocate_inference_cache(0, 5)
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def naive_greedy(model, prompt: bytes, n: int) -> bytes:
+    """Greedy decoding by recomputing the full forward for every new byte."""
+    ids = [BOS, *prompt]
+    for _ in range(n):
+        with torch.no_grad():
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return bytes(ids[len(prompt) + 1 :])
+
+
+def test_greedy_generation_matches_full_recompute():
+    model = random_model(2, dtype=torch.float32)
+    (out,) = model.generate(b"Hello", max_new_bytes=20, greedy=True, stop_bytes=())
+    assert out == naive_greedy(model, b"Hello", 20)
+
+
+def test_batched_generation_equals_single_prompts():
+    model = random_model(3, dtype=torch.float32)
+    prompts = ["", "a", "The quick brown fox", "x = 1\n"]  # BOS makes "" a one-byte prompt
+    batched = model.generate(prompts, max_new_bytes=24, greedy=True, stop_bytes=())
+    assert [len(b) for b in batched] == [24] * 4
+    assert batched == [model.generate(p, max_new_bytes=24, greedy=True, stop_bytes=())[0] for p in prompts]
+
+
+def test_stop_bytes_end_each_row_without_the_stop_byte():
+    model = random_model(1, dtype=torch.float32)
+    free = model.generate(["ab", "cde"], max_new_bytes=12, greedy=True, stop_bytes=())
+    stop = free[0][5]
+    stopped = model.generate(["ab", "cde"], max_new_bytes=12, greedy=True, stop_bytes=[stop])
+    assert stopped == [row.split(bytes([stop]))[0] for row in free]
+
+
+def test_sampling_options():
+    model = random_model(2, dtype=torch.float32)
+    greedy = model.generate("hi", max_new_bytes=10, greedy=True, stop_bytes=())
+    for options in ({"top_k": 1}, {"top_p": 1e-6}, {"temperature": 0.0}):
+        assert model.generate("hi", max_new_bytes=10, seed=0, stop_bytes=(), **options) == greedy
+    first = model.generate("hi", max_new_bytes=32, seed=1, stop_bytes=())
+    assert model.generate("hi", max_new_bytes=32, seed=1, stop_bytes=()) == first
+    assert model.generate("hi", max_new_bytes=32, seed=2, stop_bytes=()) != first
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).log_softmax(-1).repeat(2000, 1)
+    drawn = sample(logits, top_k=2, generator=torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {2, 3}
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().repeat(2000, 1)  # nucleus 0.7 = {0, 1}
+    assert set(sample(probs, top_p=0.7, generator=torch.Generator().manual_seed(0)).tolist()) == {0, 1}
+
+
+def test_stream_yields_whole_characters():
+    data = "héllo wörld 日本 🙂".encode() + b"\xff!"
+    pieces = list(utf8_pieces(iter(data)))
+    assert "".join(pieces) == data.decode("utf-8", errors="replace")  # a split character would add U+FFFD
+    assert "日" in pieces and "🙂" in pieces  # multi-byte characters arrive whole
+
+
+def test_stream_equals_generate():
+    model = random_model(2, dtype=torch.float32)
+    (full,) = model.generate("€", max_new_bytes=40, seed=5, stop_bytes=())
+    assert "".join(model.generate_stream("€", max_new_bytes=40, seed=5, stop_bytes=())) == full.decode(
+        "utf-8", errors="replace"
+    )
+
+
+def test_generation_errors():
+    model = random_model(1, dtype=torch.float32)
+    assert encode("ab") == [BOS, 97, 98] and encode(b"\x00") == [BOS, 0]
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate("a", temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate("a", top_p=0)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate("a", top_k=0)
+    with pytest.raises(ValueError, match="stop_bytes"):
+        model.generate("a", stop_bytes=[256])
+    with pytest.raises(TypeError, match="str or bytes"):
+        model.generate([1, 2])
+    with pytest.raises(TypeError, match="one prompt"):
+        list(model.generate_stream(["a", "b"]))
+    assert model.generate(["a", "b"], max_new_bytes=0) == [b"", b""]
