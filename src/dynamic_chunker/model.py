@@ -201,7 +201,7 @@ class HNetForCausalLM(nn.Module):
             _check_prefill(inference_params, input_ids.shape, document_ids)
             stages = inference_params.stages
             inference_params.seqlen_offset = input_ids.shape[1]
-        hidden, routing = self.backbone(self.embeddings(input_ids), segments, stages)
+        hidden, routing = self.backbone(self.embeddings(input_ids.long()), segments, stages)  # uint8 ids are fine too
         return HNetOutput(self.lm_head(hidden), routing)
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None):
@@ -324,11 +324,9 @@ def _check_inputs(input_ids, mask, document_ids, vocab_size: int) -> Segments:
         raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one byte per row")
-    if input_ids.min() < 0 or input_ids.max() >= vocab_size:
-        raise ValueError(
-            f"input_ids must be byte values in 0..{vocab_size - 1}, got values in "
-            f"{int(input_ids.min())}..{int(input_ids.max())}"
-        )
+    low, high = int(input_ids.min()), int(input_ids.max())  # Python ints: `uint8 >= 256` would wrap around
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"input_ids must be byte values in 0..{vocab_size - 1}, got values in {low}..{high}")
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise TypeError("mask must be a bool tensor (True = valid position)")
