@@ -60,11 +60,10 @@ def text_folder(tmp_path):
 # ---------------------------------------------------------------------------------------- preparing from files
 
 
-def test_files_corpus_holds_every_document_once_with_manifest(tmp_path, text_folder):
+def test_files_corpus_holds_every_document_once_with_manifest(tmp_path, text_folder, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths: the same split on every run
     out = tmp_path / "corpus"
-    manifest = prepare_corpus(
-        "mini", out, [file_source([str(text_folder / "**" / "*.txt")])], val_fraction=0.2, progress=False
-    )
+    manifest = prepare_corpus("mini", out, [file_source(["texts/**/*.txt"])], val_fraction=0.2, progress=False)
     corpus = PreparedCorpus(out)
     assert corpus.name == "mini" and corpus.splits == ("train", "val")
     found = documents_of(corpus.split("train")) + documents_of(corpus.split("val"))
@@ -77,8 +76,9 @@ def test_files_corpus_holds_every_document_once_with_manifest(tmp_path, text_fol
         idx = np.frombuffer((out / f"{split}.idx").read_bytes(), dtype="<i8")
         assert np.array_equal(idx, corpus.split(split).doc_starts) and len(idx) == info["documents"]
     # The hash rule decides every document (no fallback was needed here: both splits got documents by hash).
-    val_paths = {p for p in (text_folder.rglob("*.txt")) if split_hash(0, "files", p.as_posix()) < 0.2}
-    assert 0 < len(val_paths) < 30
+    paths = [p.relative_to(tmp_path) for p in text_folder.rglob("*.txt") if ".git" not in p.parts]
+    val_paths = {p for p in paths if split_hash(0, "files", p.as_posix()) < 0.2}
+    assert len(paths) == 30 and 0 < len(val_paths) < 30
     assert sorted(documents_of(corpus.split("val"))) == sorted(p.read_bytes() for p in val_paths)
     source = manifest["sources"][0]
     assert source["kind"] == "files" and source["documents"] == 30
