@@ -6,6 +6,7 @@ Module attribute names follow the official implementation so that its state dict
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -280,6 +281,11 @@ class HNetForCausalLM(nn.Module):
         return min(name.count("main_network."), self.config.num_stages - 1)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict must be a mapping of parameter names to tensors, got {type(state_dict).__name__}; "
+                "load a file with torch.load(path, weights_only=True) or use HNetForCausalLM.from_pretrained"
+            )
         if strict:
             expected = set(self.state_dict().keys())
             given = set(state_dict.keys())
