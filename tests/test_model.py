@@ -308,3 +308,12 @@ def test_float64_model_computes_in_float64():
     model32 = HNetForCausalLM(tiny_config(2), dtype=torch.bfloat16)
     assert model32.backbone.residual_proj.weight.dtype == torch.float32
     assert model32.backbone.encoder.layers[0].mixer.D.dtype == torch.float32
+
+
+def test_bfloat16_model_runs_with_float32_islands():
+    model = tiny_model(3, seed=11, dtype=torch.bfloat16)
+    out = model(random_bytes(24, seed=11, batch=2), mask=torch.arange(24) < torch.tensor([[24], [9]]))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
+    assert all(r.boundary_prob.dtype == torch.bfloat16 for r in out.routing)  # routed in the model dtype
+    out.logits.float().logsumexp(-1).mean().backward()
+    assert model.backbone.residual_proj.weight.grad.dtype == torch.float32
