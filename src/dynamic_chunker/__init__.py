@@ -1,8 +1,20 @@
 """dynamic_chunker: H-Net (dynamic chunking for hierarchical byte-level language models) in pure PyTorch."""
 
+from .checkpoints import from_pretrained
 from .chunking import RoutingOutput, ratio_loss
 from .config import HNetConfig
-from .model import HNet, HNetForCausalLM, HNetOutput, parameter_groups
+from .model import HNet, HNetForCausalLM, HNetOutput, InferenceCache, StepOutput, parameter_groups
 
-__all__ = ["HNet", "HNetConfig", "HNetForCausalLM", "HNetOutput", "RoutingOutput", "parameter_groups", "ratio_loss"]
+__all__ = [
+    "HNet",
+    "HNetConfig",
+    "HNetForCausalLM",
+    "HNetOutput",
+    "InferenceCache",
+    "RoutingOutput",
+    "StepOutput",
+    "from_pretrained",
+    "parameter_groups",
+    "ratio_loss",
+]
 __version__ = "0.1.0"

@@ -69,6 +69,32 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .checkpoints import from_pretrained
+
+    model = from_pretrained(args.model, config=args.config, dtype=args.dtype, device=args.device)
+    print(args.prompt, end="", flush=True)
+    for text in model.generate_stream(
+        args.prompt,
+        max_new_bytes=args.max_bytes,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        greedy=args.greedy,
+        seed=args.seed,
+    ):
+        print(text, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import convert
+
+    print(f"wrote {convert(args.source, args.destination, config=args.config, dtype=args.dtype)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hnet",
@@ -122,6 +148,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser("info", help="check a prepared corpus against its manifest and summarise it")
     p.add_argument("folder", type=Path, help="corpus folder, e.g. data/english")
     p.set_defaults(func=cmd_data)
+    p = sub.add_parser(
+        "generate",
+        help="generate text from a prompt, streamed to the terminal (cached byte-by-byte decoding)",
+        description="Load a model (folder, .pt/.safetensors file or Hugging Face Hub id such as "
+        "cartesia-ai/hnet_2stage_XL) and continue the prompt. The prompt is preceded by BOS (byte 254); "
+        "generation stops at EOS (byte 255) or after --max-bytes bytes.",
+    )
+    p.add_argument("--model", required=True, help="model folder, checkpoint file or Hub id")
+    p.add_argument("--config", help="config JSON (default: config.json next to the weights, or the released config)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-bytes", type=int, default=1024, help="most bytes to generate (default 1024)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
+    p.add_argument("--top-k", type=int, help="sample only among the k most likely bytes")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0 = off)")
+    p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely byte")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps (default cpu)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert a checkpoint: official .pt <-> folder with config.json + model.safetensors",
+        description="SOURCE is a folder, a .pt/.safetensors file or a Hub id. DESTINATION ending in .pt gets an "
+        "official-style state dict; anything else becomes a folder with config.json and model.safetensors.",
+    )
+    p.add_argument("source", help="model folder, checkpoint file or Hub id")
+    p.add_argument("destination", help="output folder, or a .pt file")
+    p.add_argument("--config", help="config JSON for a .pt file without one next to it")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="convert weights (default: keep)")
+    p.set_defaults(func=cmd_convert)
+
     return parser
 
 
