@@ -36,6 +36,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import load_config, train
+
+    overrides = list(args.overrides)
+    overrides += [f"out={args.out}"] if args.out else []
+    overrides += [f"train.max_minutes={args.max_minutes}"] if args.max_minutes is not None else []
+    overrides += [f"train.dtype={args.dtype}"] if args.dtype else []
+    config = load_config(args.config, overrides)
+    result = train(config, resume=args.resume, progress=not args.no_progress)
+    if result.rank == 0 and result.evals:
+        last = result.evals[-1]
+        stages = ", ".join(f"{v:.2f}" for k, v in last.items() if k.startswith("val_compression_"))
+        print(f"step {result.step}: validation BPB {last['val_bpb']:.4f}, compression per stage {stages}")
+        print(f"run folder: {result.out_dir} (checkpoint.pt, model.pt, config.json, train.csv, eval.csv, curves.png)")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import PreparedCorpus, debian_sources, file_source, hf_source, manifest_summary, prepare_corpus
 
@@ -114,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folders", nargs="+", help="reference folders, e.g. tests/fixtures/official/tiny_2stage")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "train",
+        help="train an H-Net from a YAML config (one process, or one per device under torchrun)",
+        description="Train from a YAML config with optional section.key=value overrides, e.g. "
+        "`hnet train configs/tiny_1stage.yaml data.corpus=data/english --max-minutes 20`. Multi-process: "
+        "`torchrun --nproc_per_node=N -m dynamic_chunker.cli train CONFIG`.",
+    )
+    p.add_argument("config", help="training config (YAML), e.g. configs/tiny_1stage.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides such as train.steps=100")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from its checkpoint")
+    p.add_argument("--out", help="output folder (default: the config's `out`, else runs/<config name>)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget; the schedule then runs on elapsed time")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast on GPUs that support it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("data", help="prepare byte-level training corpora (`hnet data prepare english`)")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

@@ -1,0 +1,392 @@
+"""The training loop: one process, or one of several under torchrun (DistributedDataParallel).
+
+Per optimizer step every process takes ``grad_accum`` micro-batches of its own shard of the data. The loss whose
+gradient is applied is, exactly, the cross-entropy summed over all counted targets of the step (every micro-batch
+on every process) divided by their number, plus alpha times the ratio losses computed per micro-batch and per
+process and then averaged (as the paper does, per device). That makes the update independent of how a global
+batch is split over processes and micro-batches, up to the ratio loss's per-device definition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+
+from ..model import HNetForCausalLM, parameter_groups
+from . import distributed
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .logs import RunLog, plot_curves
+from .objective import IGNORE, compute_losses, routing_sums, split_batch, summarize
+from .schedule import WarmupStableDecay
+
+CHECKPOINT = "checkpoint.pt"
+# keys that may differ between a run and its resumption (run control, not the recipe)
+RESUMABLE_CHANGES = ("out", "data.corpus", "train.max_minutes", "train.device", "train.dtype", "eval.", "checkpoint.")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int  # optimizer steps done in total
+    rank: int = 0  # this process's rank (logs and files are written by rank 0)
+    history: list[dict] = field(default_factory=list)  # train rows of this session
+    evals: list[dict] = field(default_factory=list)  # validation rows of this session
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train (or, with ``resume``, continue) the run described by ``config``; returns what was logged.
+
+    Under torchrun this joins the process group from the environment. ``on_step(step, row)`` is called after
+    every optimizer step, once its logs and any checkpoint are written.
+    """
+    runtime = distributed.start(config.train.device)
+    try:
+        trainer = Trainer(config, runtime, resume=resume)
+        return trainer.run(progress=progress, on_step=on_step)
+    finally:
+        distributed.stop(runtime)
+
+
+def open_data(config: TrainConfig):
+    """Training and validation windows of the prepared corpus named by ``config.data``."""
+    from ..data import ByteWindows, PreparedCorpus
+
+    corpus_dir = Path(config.data.corpus)
+    if not corpus_dir.is_dir():
+        raise FileNotFoundError(
+            f"data.corpus {corpus_dir} is not a directory (relative paths are resolved from {Path.cwd()}); "
+            "prepare one with `hnet data prepare`"
+        )
+    corpus = PreparedCorpus(corpus_dir)
+    seq_len = config.data.seq_len
+    return ByteWindows(corpus.split("train"), seq_len=seq_len, seed=config.data.seed), ByteWindows(
+        corpus.split("val"), seq_len=seq_len, seed=0
+    )
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, runtime: distributed.Runtime, resume: bool = False):
+        self.config = config
+        self.runtime = runtime
+        self.out_dir = Path(config.out or "runs/train")
+        cfg, rt = config, runtime
+        self.model_config = config.model_config()
+        self.stages = self.model_config.num_stages - 1
+        per_process = cfg.train.grad_accum * rt.world_size
+        if cfg.train.batch_size % per_process:
+            raise ValueError(
+                f"train.batch_size {cfg.train.batch_size} must be divisible by train.grad_accum "
+                f"({cfg.train.grad_accum}) x processes ({rt.world_size})"
+            )
+        self.micro_batch = cfg.train.batch_size // per_process
+        self.autocast = _autocast(cfg.train.dtype, rt.device)
+
+        checkpoint = self._checkpoint_to_resume(resume)
+        torch.manual_seed(cfg.train.seed)
+        self.model = HNetForCausalLM(self.model_config, device=rt.device)
+        groups = parameter_groups(self.model, config.lr_multipliers(), cfg.optimizer.weight_decay)
+        for group in groups:
+            group["lr"] = cfg.optimizer.lr * group["lr_multiplier"]
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps
+        )
+        self.schedule = WarmupStableDecay(self.optimizer, cfg.schedule.warmup, cfg.schedule.decay)
+        self.step, self.elapsed = 0, 0.0
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            if rt.distributed
+            else None
+        )
+        self.train_windows, self.val_windows = open_data(config)
+        self.resumed_from = checkpoint["step"] if checkpoint is not None else None
+
+    # ------------------------------------------------------------------ state
+    def _checkpoint_to_resume(self, resume: bool) -> dict | None:
+        path = self.out_dir / CHECKPOINT
+        if not resume:
+            if path.exists():
+                raise ValueError(
+                    f"{self.out_dir} already holds a run ({path.name}); pass --resume to continue it, "
+                    "or choose another output folder with --out"
+                )
+            return None
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume in {self.out_dir} (expected {path})")
+        checkpoint = load_checkpoint(path)
+        _check_resumable(self.config, self.model_config.to_dict(), checkpoint)
+        return checkpoint
+
+    def _restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.schedule.load_state_dict(checkpoint["schedule"])
+        set_rng_state(checkpoint["rng"])
+        self.step, self.elapsed = checkpoint["step"], checkpoint["elapsed"]
+        if checkpoint["world_size"] != self.runtime.world_size and self.runtime.is_main:
+            print(
+                f"note: the checkpoint was written by {checkpoint['world_size']} process(es), this run has "
+                f"{self.runtime.world_size}; the data order after resuming differs from the original run's"
+            )
+
+    def save(self) -> None:
+        if self.runtime.is_main:
+            save_checkpoint(
+                self.out_dir / CHECKPOINT,
+                {
+                    "step": self.step,
+                    "elapsed": self.elapsed,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(),
+                    "rng": rng_state(),
+                    "config": self.config.to_dict(),
+                    "model_config": self.model_config.to_dict(),
+                    "world_size": self.runtime.world_size,
+                },
+            )
+
+    # ------------------------------------------------------------------- steps
+    def batches(self) -> Iterator[list[dict]]:
+        """Lists of ``grad_accum`` micro-batches of this process, from the current step on."""
+        accum = self.config.train.grad_accum
+        stream = self.train_windows.batches(
+            batch_size=self.micro_batch,
+            start_step=self.step * accum,
+            rank=self.runtime.rank,
+            world_size=self.runtime.world_size,
+        )
+        while True:
+            yield [next(stream)[1] for _ in range(accum)]
+
+    def accumulate_gradients(self, micro_batches: list[dict]) -> dict[str, float]:
+        """Forward and backward over this process's micro-batches of one step; returns step-wide metrics."""
+        rt, cfg = self.runtime, self.config
+        parts = [
+            split_batch(*(torch.as_tensor(b[k]).to(rt.device) for k in ("input_ids", "document_ids")))
+            for b in micro_batches
+        ]
+        count = distributed.all_reduce(
+            torch.tensor(sum(int((t != IGNORE).sum()) for _, _, t in parts), dtype=torch.float64, device=rt.device),
+            rt,
+        )
+        count = max(float(count), 1.0)
+        model = self.ddp or self.model
+        ce_total = torch.zeros((), dtype=torch.float64, device=rt.device)
+        ratio_total = torch.zeros(self.stages, dtype=torch.float64, device=rt.device)
+        stats = torch.zeros(3 * self.stages + 3, dtype=torch.float64, device=rt.device)
+        for i, (inputs, documents, targets) in enumerate(parts):
+            last = i == len(parts) - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                with self.autocast:
+                    losses = compute_losses(model, inputs, documents, targets, cfg.ratio.targets)
+                ratio = torch.stack(losses.ratio)
+                # DDP averages gradients over processes, hence the world_size factor on the summed cross-entropy
+                loss = losses.ce_sum * (rt.world_size / count) + cfg.ratio.alpha * ratio.sum() / len(parts)
+                loss.backward()
+            ce_total += losses.ce_sum.detach()
+            ratio_total += ratio.detach()
+            stats += routing_sums(losses.output, inputs, documents)
+        totals = distributed.all_reduce(torch.cat([ce_total[None], ratio_total, stats]), rt)
+        ce = float(totals[0]) / count
+        ratios = (totals[1 : 1 + self.stages] / (len(parts) * rt.world_size)).tolist()
+        if not math.isfinite(ce):
+            raise ValueError(
+                f"the loss became non-finite at step {self.step + 1}; lower optimizer.lr or set train.grad_clip"
+            )
+        row = {"loss": ce + cfg.ratio.alpha * sum(ratios), "ce": ce, "bpb": ce / math.log(2)}
+        row.update({f"ratio_loss_{s}": r for s, r in enumerate(ratios)})
+        row.update(summarize(totals[1 + self.stages :], self.stages))
+        return row
+
+    def optimizer_step(self) -> float:
+        """Clip the global gradient norm, step the optimizer, clear gradients; returns the norm before clipping."""
+        clip = self.config.train.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip is not None else math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def progress(self) -> tuple[float, float]:
+        """Progress through training at the start and end of the coming step (see schedule.py)."""
+        steps, budget = self.config.train.steps, self.config.train.max_minutes
+        by_time = self.elapsed / (60 * budget) if budget else 0.0
+        return max(self.step / steps, by_time), max((self.step + 1) / steps, by_time)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation bits-per-byte and routing statistics over the fixed validation windows (split over ranks)."""
+        rt, cfg = self.runtime, self.config
+        count = min(cfg.eval.windows, len(self.val_windows))
+        indices = list(range(rt.rank, count, rt.world_size))
+        sums = torch.zeros(2 + 3 * self.stages + 3, dtype=torch.float64, device=rt.device)
+        self.model.eval()
+        for first in range(0, len(indices), cfg.eval.batch_size):
+            rows = [self.val_windows[i] for i in indices[first : first + cfg.eval.batch_size]]
+            ids, docs = (torch.stack([torch.as_tensor(r[k]) for r in rows]).to(rt.device) for k in (0, 1))
+            inputs, documents, targets = split_batch(ids, docs)
+            with self.autocast:
+                losses = compute_losses(self.model, inputs, documents, targets, cfg.ratio.targets)
+            sums[0] += losses.ce_sum.double()
+            sums[1] += (targets != IGNORE).sum()
+            sums[2:] += routing_sums(losses.output, inputs, documents)
+        self.model.train()
+        distributed.all_reduce(sums, rt)
+        row = {"val_bpb": float(sums[0] / sums[1].clamp(min=1)) / math.log(2)}
+        row.update(summarize(sums[2:], self.stages, prefix="val_"))
+        return row
+
+    # -------------------------------------------------------------------- loop
+    def run(self, progress: bool = True, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+        cfg, rt = self.config, self.runtime
+        steps, budget = cfg.train.steps, cfg.train.max_minutes
+        result = TrainResult(self.out_dir, self.step, rt.rank)
+        log = None
+        if rt.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "train.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            log = RunLog(self.out_dir, self.resumed_from)
+        bar = _progress_bar(progress and rt.is_main, steps, self.step)
+        bytes_per_step = cfg.train.batch_size * cfg.data.seq_len
+        last_eval, last_saved = None, self.resumed_from
+        session_start, elapsed_before = time.perf_counter(), self.elapsed
+
+        def evaluate_and_log() -> None:
+            nonlocal last_eval
+            row = {"step": self.step, **self.evaluate()}
+            last_eval = self.step
+            result.evals.append(row)
+            if log:
+                log.log("eval", row)
+            bar.set_postfix_str(_postfix(result.history[-1] if result.history else None, row, self.stages))
+
+        try:
+            if self.resumed_from is None and cfg.eval.every:
+                evaluate_and_log()
+            batches = self.batches()
+            while self.step < steps and not (budget and self.elapsed >= 60 * budget):
+                start, end = self.progress()
+                factor = self.schedule.update(start, end)
+                began = time.perf_counter()
+                row = self.accumulate_gradients(next(batches))
+                grad_norm = self.optimizer_step()
+                now = time.perf_counter()
+                self.step += 1
+                self.elapsed = elapsed_before + now - session_start
+                if budget:  # every process must agree on the time, hence on the learning rate and the stop
+                    self.elapsed = float(distributed.all_reduce(torch.tensor(self.elapsed), rt, op="max"))
+                row = {
+                    "step": self.step,
+                    **row,
+                    "grad_norm": grad_norm,
+                    "lr": cfg.optimizer.lr * factor,
+                    "bytes_per_s": bytes_per_step / (now - began),
+                    "elapsed_s": self.elapsed,
+                }
+                result.history.append(row)
+                if log:
+                    log.log("train", row)
+                bar.update(1)
+                bar.set_postfix_str(_postfix(row, result.evals[-1] if result.evals else None, self.stages))
+                if cfg.eval.every and self.step % cfg.eval.every == 0:
+                    evaluate_and_log()
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                    self.save()
+                    last_saved = self.step
+                if on_step is not None:
+                    on_step(self.step, row)
+            if last_eval != self.step:
+                evaluate_and_log()
+            if last_saved != self.step:
+                self.save()
+            if rt.is_main:
+                self._export_model()
+                plot_curves(self.out_dir)
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        result.step = self.step
+        return result
+
+    def _export_model(self) -> None:
+        """The trained weights as a plain state dict (``model.pt``) next to its model config (``config.json``)."""
+        torch.save(self.model.state_dict(), self.out_dir / "model.pt")
+        self.model_config.to_json(self.out_dir / "config.json")
+
+
+def _autocast(dtype: str, device: torch.device):
+    use_bf16 = dtype == "bf16" or (
+        dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    )
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _check_resumable(config: TrainConfig, model_config: dict, checkpoint: dict) -> None:
+    """The recipe (model, data, loss, optimizer, schedule, batch) must be the checkpoint's; run control may change."""
+    old, new = _flatten(checkpoint["config"]), _flatten(config.to_dict())
+    old.pop("model")
+    new.pop("model")
+    changed = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+        and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)
+    ]
+    if checkpoint["model_config"] != model_config:
+        changed.insert(0, "model: the model config differs")
+    if changed:
+        raise ValueError(
+            "cannot resume: the config differs from the checkpoint's in\n  "
+            + "\n  ".join(changed)
+            + "\nUse the original config (it is saved as train.yaml in the run folder), or start a new run."
+        )
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "model":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix_str(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+def _postfix(train_row: dict | None, eval_row: dict | None, stages: int) -> str:
+    parts = []
+    if train_row:
+        comp = "/".join(f"{train_row[f'compression_{s}']:.2f}" for s in range(stages))
+        parts += [f"loss {train_row['loss']:.3f}", f"comp {comp}", f"{train_row['bytes_per_s'] / 1e3:.1f} kB/s"]
+    if eval_row:
+        parts.insert(1, f"val BPB {eval_row['val_bpb']:.3f}")
+    return ", ".join(parts)

@@ -1,0 +1,383 @@
+"""Trainer: configs, schedule, loss going down, exact resume, atomic checkpoints, ratio-loss control, clear errors."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dynamic_chunker import HNetConfig, HNetForCausalLM
+from dynamic_chunker.cli import main
+from dynamic_chunker.data import Document, Source, prepare_corpus
+from dynamic_chunker.training import load_config, paper_lr_multipliers, train
+from dynamic_chunker.training.checkpoint import load_checkpoint, save_checkpoint
+from dynamic_chunker.training.config import config_from_dict
+from dynamic_chunker.training.distributed import Runtime
+from dynamic_chunker.training.logs import read_csv
+from dynamic_chunker.training.objective import IGNORE, split_batch
+from dynamic_chunker.training.schedule import wsd_factor
+from dynamic_chunker.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+OFFICIAL = ROOT / "tests" / "fixtures" / "official" / "configs"
+
+WORDS = (
+    "the a model learns to split bytes into chunks of words and the routing module finds boundaries where "
+    "meaning changes so that an inner network sees fewer longer units while outer layers read every byte"
+).split()
+
+TINY_1STAGE = {
+    "arch_layout": ["m1", ["T1"], "m1"],
+    "d_model": [32, 48],
+    "d_intermediate": [0, 64],
+    "ssm_cfg": {"d_state": 8, "chunk_size": 32, "d_conv": 4, "expand": 2},
+    "attn_cfg": {"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [-1, -1]},
+}
+TINY_2STAGE = {
+    "arch_layout": ["m1", ["m1", ["T1"], "m1"], "m1"],
+    "d_model": [32, 32, 48],
+    "d_intermediate": [0, 0, 64],
+    "ssm_cfg": {"d_state": 8, "chunk_size": 32, "d_conv": 4, "expand": 2},
+    "attn_cfg": {"num_heads": [2, 2, 2], "rotary_emb_dim": [8, 8, 8], "window_size": [-1, -1, -1]},
+}
+
+
+def toy_text(rng: random.Random, sentences: int) -> bytes:
+    out = []
+    for _ in range(sentences):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 12))]
+        out.append(" ".join(words).capitalize() + rng.choice([".", ".", "!", "?"]))
+    return (" ".join(out) + "\n").encode()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A small prepared corpus of word-salad English (about 60 kB) through the real data pipeline."""
+    rng = random.Random(0)
+    documents = [Document(f"doc{i}.txt", toy_text(rng, rng.randint(10, 30))) for i in range(60)]
+    out = tmp_path_factory.mktemp("data") / "toy"
+    prepare_corpus("toy", out, [Source("toy", {"kind": "test"}, documents)], val_fraction=0.2, progress=False)
+    return out
+
+
+def tiny_config(corpus: Path, out: Path, two_stage: bool = False, **sections) -> dict:
+    """A config dict for a tiny model that trains in about a second per few steps."""
+    data = {
+        "model": TINY_2STAGE if two_stage else TINY_1STAGE,
+        "data": {"corpus": str(corpus), "seq_len": 96},
+        "ratio": {"targets": [3, 3] if two_stage else [4]},
+        "optimizer": {"lr": 3e-3},
+        "train": {"steps": 6, "batch_size": 4},
+        "eval": {"every": 3, "windows": 8, "batch_size": 4},
+        "checkpoint": {"every": 3},
+        "out": str(out),
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
+    return data
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+
+
+def test_wsd_schedule_warmup_stable_and_one_minus_sqrt_decay():
+    steps = 100
+    factors = [wsd_factor(k / steps, (k + 1) / steps, 0.1, 0.2) for k in range(steps)]
+    assert factors[:10] == pytest.approx([(k + 1) / 10 for k in range(10)])  # linear warmup, first step learns
+    assert factors[10:80] == [1.0] * 70
+    decay = [1 - math.sqrt((k - 80) / 20) for k in range(80, 100)]
+    assert factors[80:] == pytest.approx(decay)
+    assert factors[-1] > 0  # the last step still learns
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert wsd_factor(0.0, 0.0, 0.1, 0.2) == 0.0 and wsd_factor(0.5, 0.5, 0.0, 0.0) == 1.0
+
+
+# -------------------------------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "name, table",
+    [
+        ("hnet_1stage_L", [2.627, 0.876]),
+        ("hnet_1stage_XL", [3.033, 0.876]),
+        ("hnet_2stage_L", [2.627, 1.517, 0.715]),
+        ("hnet_2stage_XL", [3.033, 1.430, 0.715]),
+    ],
+)
+def test_paper_lr_multipliers_match_reference_table_and_recipes(name, table):
+    model = HNetConfig.from_json(OFFICIAL / f"{name}.json")
+    targets = [6.0] if "1stage" in name else [3.0, 3.0]
+    assert paper_lr_multipliers(model, targets) == pytest.approx(table, abs=1e-3)
+    recipe = load_config(CONFIGS / f"{name}.yaml")
+    assert recipe.model_config() == model
+    assert recipe.lr_multipliers() == pytest.approx(table, abs=1e-3)
+    assert recipe.data.seq_len == 8192 and recipe.train.batch_size == 256 and recipe.ratio.targets == targets
+    assert recipe.optimizer.lr == (6.25e-4 if name.endswith("_L") else 5e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny_1stage", "tiny_2stage", "small_2stage"])
+def test_bundled_configs_load(name):
+    config = load_config(CONFIGS / f"{name}.yaml", ["data.corpus=data/english"])
+    model = config.model_config()
+    assert len(config.ratio.targets) == model.num_stages - 1
+    assert config.train.batch_size % config.train.grad_accum == 0
+    assert Path(config.out) == Path("runs") / name
+
+
+def test_overrides_and_yaml_numbers(tmp_path, corpus):
+    path = write_yaml(tmp_path / "c.yaml", tiny_config(corpus, tmp_path / "run"))
+    config = load_config(path, ["train.steps=11", "optimizer.lr=1e-3", "optimizer.betas=[0.8, 0.9]", "out=elsewhere"])
+    assert config.train.steps == 11 and config.optimizer.lr == 1e-3 and config.optimizer.betas == [0.8, 0.9]
+    assert config.out == "elsewhere"
+    assert isinstance(config.optimizer.lr, float)
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        ({"trian": {"steps": 1}}, ValueError, "unknown key(s) 'trian' in the top level: 'trian' (did you mean 'train'"),
+        ({"train": {"steps": 6, "batch_size": 4, "stpes": 3}}, ValueError, "(did you mean 'steps'?)"),
+        ({"train": {"steps": "many", "batch_size": 4}}, TypeError, "train.steps must be an integer, got str 'many'"),
+        ({"train": {"steps": True, "batch_size": 4}}, TypeError, "train.steps must be an integer"),
+        ({"train": {"batch_size": 4}}, ValueError, "missing required key 'train.steps'"),
+        ({"ratio": {"targets": [3, 3]}}, ValueError, "ratio.targets needs one N per chunking stage: the model has 1"),
+        ({"ratio": {"targets": [1]}}, ValueError, "ratio.targets must all be > 1"),
+        ({"optimizer": {"lr": 1e-3, "lr_multipliers": [1.0]}}, ValueError, "one positive number per stage (2"),
+        ({"optimizer": {"lr": 1e-3, "lr_multipliers": "paper"}}, TypeError, "optimizer.lr_multipliers must be"),
+        ({"schedule": {"warmup": 0.9, "decay": 0.2}}, ValueError, "warmup + decay <= 1"),
+        ({"train": {"steps": 6, "batch_size": 4, "dtype": "fp16"}}, ValueError, "train.dtype must be one of"),
+        ({"model": "no/such/model.json"}, FileNotFoundError, "model config no/such/model.json not found"),
+        ({"model": {"arch_layout": ["m1"], "d_model": [32, 48]}}, ValueError, "model (inline): d_model has 2"),
+    ],
+)
+def test_malformed_configs_give_clear_errors(tmp_path, corpus, change, error, message):
+    data = tiny_config(corpus, tmp_path / "run")
+    data.update(change)
+    with pytest.raises(error) as info:
+        load_config(write_yaml(tmp_path / "c.yaml", data))
+    assert message in str(info.value)
+    assert str(tmp_path / "c.yaml") in str(info.value)
+
+
+def test_bad_files_and_overrides_give_clear_errors(tmp_path, corpus):
+    good = write_yaml(tmp_path / "c.yaml", tiny_config(corpus, tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match="training config not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(TypeError, match="must be a YAML mapping of sections"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ValueError, match="must look like section.key=value"):
+        load_config(good, ["train.steps"])
+    with pytest.raises(ValueError, match=r"unknown key 'step' in train \(did you mean 'steps'\?\)"):
+        load_config(good, ["train.step=3"])
+    with pytest.raises(ValueError, match="train.steps is not a section"):
+        load_config(good, ["train.steps.x=3"])
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    """Exit code and stdout + stderr of ``hnet train ARGS``."""
+    code = main(["train", *args, "--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_missing_empty_and_corrupt_data_give_clear_errors(tmp_path, corpus, capsys):
+    import shutil
+
+    config = write_yaml(tmp_path / "c.yaml", tiny_config(corpus, tmp_path / "run"))
+    code, err = run_cli([str(config), f"data.corpus={tmp_path / 'nothing'}"], capsys)
+    assert code == 2 and "is not a directory" in err and "hnet data prepare" in err
+
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus, broken)
+    (broken / "train.bin").write_bytes(b"")
+    code, err = run_cli([str(config), f"data.corpus={broken}"], capsys)
+    assert code == 2 and "train.bin is empty" in err
+
+    (broken / "train.bin").write_bytes((corpus / "train.bin").read_bytes()[:-10])
+    code, err = run_cli([str(config), f"data.corpus={broken}"], capsys)
+    assert code == 2 and "truncated" in err
+
+    code, err = run_cli([str(config), "data.seq_len=100000"], capsys)
+    assert code == 2 and "shorter than one window" in err
+
+
+def test_batch_size_must_split_over_accumulation(tmp_path, corpus):
+    config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"grad_accum": 3}))
+    with pytest.raises(ValueError, match=r"train.batch_size 4 must be divisible by train.grad_accum \(3\)"):
+        Trainer(config, Runtime())
+
+
+# ------------------------------------------------------------------------------------------------ objective
+
+
+def test_targets_that_start_a_document_are_ignored():
+    ids = torch.tensor([[10, 11, 254, 12, 13, 254, 14]])
+    docs = torch.tensor([[0, 0, 1, 1, 1, 2, 2]])
+    inputs, documents, targets = split_batch(ids, docs)
+    assert inputs.tolist() == [[10, 11, 254, 12, 13, 254]]
+    assert documents.tolist() == [[0, 0, 1, 1, 1, 2]]
+    assert targets.tolist() == [[11, IGNORE, 12, 13, IGNORE, 14]]
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+def test_training_lowers_the_loss(tmp_path, corpus):
+    config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 12}, eval={"every": 0}))
+    result = train(config, progress=False)
+    losses = [row["ce"] for row in result.history]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+    assert result.evals[-1]["val_bpb"] < 6.5  # from about 8 bits (uniform over bytes) at initialisation
+    assert all(row["lr"] > 0 for row in result.history)
+
+
+def test_two_stage_training_runs_and_writes_every_output(tmp_path, corpus, capsys):
+    path = write_yaml(tmp_path / "c.yaml", tiny_config(corpus, tmp_path / "run", two_stage=True))
+    code, text = run_cli([str(path), "train.steps=4"], capsys)
+    assert code == 0, text
+    assert "step 4: validation BPB" in text
+    out = tmp_path / "run"
+    for name in ("checkpoint.pt", "model.pt", "config.json", "train.csv", "eval.csv", "curves.png", "train.yaml"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    train_rows, eval_rows = read_csv(out / "train.csv"), read_csv(out / "eval.csv")
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4] and [r["step"] for r in eval_rows] == [0, 3, 4]
+    assert {"compression_0", "compression_1", "bytes_per_chunk_1", "val_space_precision"} <= set(train_rows[0]) | set(
+        eval_rows[0]
+    )
+    # bytes per chunk of stage 1 = stage-0 compression x stage-1 compression
+    row = eval_rows[-1]
+    assert row["val_bytes_per_chunk_1"] == pytest.approx(row["val_compression_0"] * row["val_compression_1"], rel=1e-6)
+    model = HNetForCausalLM(HNetConfig.from_json(out / "config.json"))
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, corpus):
+    reference = train(config_from_dict(tiny_config(corpus, tmp_path / "whole")), progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_five(step, row):
+        if step == 5:  # two steps after the checkpoint of step 3, which are lost
+            raise Killed
+
+    interrupted = config_from_dict(tiny_config(corpus, tmp_path / "parts"))
+    with pytest.raises(Killed):
+        train(interrupted, progress=False, on_step=kill_at_five)
+    assert load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["step"] == 3
+    resumed = train(interrupted, resume=True, progress=False)
+    assert [r["step"] for r in resumed.history] == [4, 5, 6]
+
+    timing = {"bytes_per_s", "elapsed_s"}
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+    assert strip(read_csv(tmp_path / "parts" / "train.csv")) == strip(read_csv(tmp_path / "whole" / "train.csv"))
+    assert read_csv(tmp_path / "parts" / "eval.csv") == read_csv(tmp_path / "whole" / "eval.csv")
+    assert strip(resumed.history) == strip(reference.history[3:])  # bit for bit, not approximately
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    parts = torch.load(tmp_path / "parts" / "model.pt", weights_only=True)
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+
+
+def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_path, corpus):
+    config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 2}))
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        train(config, resume=True, progress=False)
+    train(config, progress=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(config, progress=False)
+    changed = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 2}, optimizer={"lr": 1e-2}))
+    with pytest.raises(ValueError, match=r"optimizer.lr: 0.003 -> 0.01"):
+        train(changed, resume=True, progress=False)
+    # run control may change: a longer time budget, other eval/checkpoint intervals
+    control = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 2, "max_minutes": 5}))
+    assert train(control, resume=True, progress=False).step == 2
+
+
+def test_time_budget_ends_training_and_completes_the_schedule(tmp_path, corpus, monkeypatch):
+    import dynamic_chunker.training.trainer as trainer_module
+
+    class Clock:  # every reading advances 0.25 s: a step (two readings) takes 0.5 s
+        now = 0.0
+
+        def perf_counter(self):
+            self.now += 0.25
+            return self.now
+
+    monkeypatch.setattr(trainer_module, "time", Clock())
+    config = config_from_dict(
+        tiny_config(corpus, tmp_path / "run", train={"steps": 10_000, "max_minutes": 0.1}, eval={"every": 0})
+    )
+    result = train(config, progress=False)
+    assert result.step == 12  # 6 s of budget at 0.5 s per step
+    lrs = [row["lr"] / 3e-3 for row in result.history]
+    elapsed = [row["elapsed_s"] for row in result.history]
+    assert elapsed == pytest.approx([0.5 * k for k in range(1, 13)])
+    # progress = time before the step / budget: warmup over the first 0.6 s, 1 - sqrt decay over the last 1.2 s
+    progress = [0.5 * k / 6 for k in range(12)]
+    assert lrs[0] == pytest.approx(1 / 10_000 / 0.1)  # at time 0 only the step count has progressed
+    assert lrs[1] == pytest.approx(progress[1] / 0.1)
+    assert lrs[2:10] == [1.0] * 8
+    assert lrs[10:] == pytest.approx([1 - math.sqrt((p - 0.8) / 0.2) for p in progress[10:]])
+    assert lrs[-1] < 0.4
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "weights": torch.arange(5.0)})
+
+    def crash(obj, f, *args, **kwargs):  # a kill in the middle of writing
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2, "weights": torch.zeros(5)})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["weights"], torch.arange(5.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is unreadable"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("target", [4.0, 8.0])
+def test_ratio_loss_drives_compression_toward_target(tmp_path, corpus, target):
+    """Train only the routing projections with a strong ratio loss: the realised bytes per chunk approach N."""
+    config = config_from_dict(
+        tiny_config(
+            corpus,
+            tmp_path / "run",
+            ratio={"targets": [target], "alpha": 20.0},
+            optimizer={"lr": 2e-2, "lr_multipliers": [1.0, 1.0], "weight_decay": 0.0},
+            train={"steps": 40, "grad_clip": None},
+            schedule={"warmup": 0.0, "decay": 0.0},
+            eval={"every": 0},
+            checkpoint={"every": 0},
+        )
+    )
+    trainer = Trainer(config, Runtime())
+    for name, param in trainer.model.named_parameters():
+        param.requires_grad_("routing_module" in name)
+    before = trainer.evaluate()["val_compression_0"]
+    after = trainer.run(progress=False).evals[-1]["val_compression_0"]
+    assert abs(before - target) > 1.5 and abs(after - target) < 0.1 * target, (before, after)
