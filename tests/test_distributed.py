@@ -90,4 +90,4 @@ def test_torchrun_training_matches_single_process(tmp_path, corpus):  # noqa: F8
     for got, want in zip(rows, reference.history):
         for key in ("loss", "ce", "ratio_loss_0", "compression_0", "grad_norm", "lr"):
             assert got[key] == pytest.approx(want[key], rel=1e-4), key
-    assert (tmp_path / "ddp" / "checkpoint.pt").is_file() and (tmp_path / "ddp" / "model.pt").is_file()
+    assert (tmp_path / "ddp" / "checkpoint.pt").is_file() and (tmp_path / "ddp" / "model.safetensors").is_file()

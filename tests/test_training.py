@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from dynamic_chunker import HNetConfig, HNetForCausalLM
+from dynamic_chunker import HNetConfig, from_pretrained
 from dynamic_chunker.cli import main
 from dynamic_chunker.data import Document, Source, prepare_corpus
 from dynamic_chunker.training import load_config, paper_lr_multipliers, train
@@ -214,6 +214,9 @@ def test_missing_empty_and_corrupt_data_give_clear_errors(tmp_path, corpus, caps
     code, err = run_cli([str(config), "data.seq_len=100000"], capsys)
     assert code == 2 and "shorter than one window" in err
 
+    code, err = run_cli([str(config), "train.batch_size=4096"], capsys)
+    assert code == 2 and "fewer than one global batch" in err
+
 
 def test_batch_size_must_split_over_accumulation(tmp_path, corpus):
     config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"grad_accum": 3}))
@@ -252,7 +255,15 @@ def test_two_stage_training_runs_and_writes_every_output(tmp_path, corpus, capsy
     assert code == 0, text
     assert "step 4: validation BPB" in text
     out = tmp_path / "run"
-    for name in ("checkpoint.pt", "model.pt", "config.json", "train.csv", "eval.csv", "curves.png", "train.yaml"):
+    for name in (
+        "checkpoint.pt",
+        "model.safetensors",
+        "config.json",
+        "train.csv",
+        "eval.csv",
+        "curves.png",
+        "train.yaml",
+    ):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     train_rows, eval_rows = read_csv(out / "train.csv"), read_csv(out / "eval.csv")
@@ -263,8 +274,9 @@ def test_two_stage_training_runs_and_writes_every_output(tmp_path, corpus, capsy
     # bytes per chunk of stage 1 = stage-0 compression x stage-1 compression
     row = eval_rows[-1]
     assert row["val_bytes_per_chunk_1"] == pytest.approx(row["val_compression_0"] * row["val_compression_1"], rel=1e-6)
-    model = HNetForCausalLM(HNetConfig.from_json(out / "config.json"))
-    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    model = from_pretrained(out)  # the trained model, exactly the checkpoint's weights
+    weights = load_checkpoint(out / "checkpoint.pt")["model"]
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, corpus):
@@ -292,9 +304,10 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, co
     assert strip(read_csv(tmp_path / "parts" / "train.csv")) == strip(read_csv(tmp_path / "whole" / "train.csv"))
     assert read_csv(tmp_path / "parts" / "eval.csv") == read_csv(tmp_path / "whole" / "eval.csv")
     assert strip(resumed.history) == strip(reference.history[3:])  # bit for bit, not approximately
-    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
-    parts = torch.load(tmp_path / "parts" / "model.pt", weights_only=True)
-    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
+    parts = load_checkpoint(tmp_path / "parts" / "checkpoint.pt")
+    assert all(torch.equal(v, parts["model"][k]) for k, v in whole["model"].items())
+    assert whole["step"] == parts["step"] == 6
 
 
 def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_path, corpus):

@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         last = result.evals[-1]
         stages = ", ".join(f"{v:.2f}" for k, v in last.items() if k.startswith("val_compression_"))
         print(f"step {result.step}: validation BPB {last['val_bpb']:.4f}, compression per stage {stages}")
-        print(f"run folder: {result.out_dir} (checkpoint.pt, model.pt, config.json, train.csv, eval.csv, curves.png)")
+        print(f"run folder: {result.out_dir} (model: config.json + model.safetensors; logs: train.csv, eval.csv)")
     return 0
 
 

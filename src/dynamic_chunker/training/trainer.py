@@ -94,6 +94,11 @@ class Trainer:
             )
         self.micro_batch = cfg.train.batch_size // per_process
         self.autocast = _autocast(cfg.train.dtype, rt.device)
+        self.train_windows, self.val_windows = open_data(config)
+        self.train_windows.steps_per_epoch(self.micro_batch, rt.world_size)  # enough data for one batch?
+        # a fixed validation set: windows spread evenly over the split, so that it spans many documents
+        count = min(cfg.eval.windows, len(self.val_windows))
+        self.eval_indices = [i * len(self.val_windows) // count for i in range(count)]
 
         checkpoint = self._checkpoint_to_resume(resume)
         torch.manual_seed(cfg.train.seed)
@@ -113,7 +118,6 @@ class Trainer:
             if rt.distributed
             else None
         )
-        self.train_windows, self.val_windows = open_data(config)
         self.resumed_from = checkpoint["step"] if checkpoint is not None else None
 
     # ------------------------------------------------------------------ state
@@ -232,8 +236,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation bits-per-byte and routing statistics over the fixed validation windows (split over ranks)."""
         rt, cfg = self.runtime, self.config
-        count = min(cfg.eval.windows, len(self.val_windows))
-        indices = list(range(rt.rank, count, rt.world_size))
+        indices = self.eval_indices[rt.rank :: rt.world_size]
         sums = torch.zeros(2 + 3 * self.stages + 3, dtype=torch.float64, device=rt.device)
         self.model.eval()
         for first in range(0, len(indices), cfg.eval.batch_size):
@@ -325,9 +328,8 @@ class Trainer:
         return result
 
     def _export_model(self) -> None:
-        """The trained weights as a plain state dict (``model.pt``) next to its model config (``config.json``)."""
-        torch.save(self.model.state_dict(), self.out_dir / "model.pt")
-        self.model_config.to_json(self.out_dir / "config.json")
+        """The trained model as ``config.json`` + ``model.safetensors``: ``from_pretrained(run folder)`` loads it."""
+        self.model.save_pretrained(self.out_dir)
 
 
 def _autocast(dtype: str, device: torch.device):
