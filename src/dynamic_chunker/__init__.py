@@ -3,9 +3,10 @@
 from .checkpoints import from_pretrained
 from .chunking import RoutingOutput, ratio_loss
 from .config import HNetConfig
-from .model import HNet, HNetForCausalLM, HNetOutput, InferenceCache, StepOutput, parameter_groups
+from .model import BoundaryOutput, HNet, HNetForCausalLM, HNetOutput, InferenceCache, StepOutput, parameter_groups
 
 __all__ = [
+    "BoundaryOutput",
     "HNet",
     "HNetConfig",
     "HNetForCausalLM",

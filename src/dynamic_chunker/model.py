@@ -109,8 +109,7 @@ class HNet(nn.Module):
         if cache is None:
             cache = StageCache()
         d_in = x.shape[-1]
-        if self.pad_dimension is not None:
-            x = torch.cat([x, self.pad_dimension.to(x.dtype).expand(*x.shape[:-1], -1)], dim=-1)
+        x = self.widen(x)
         if self.is_innermost:
             return self.main_network(x, segments, cache.main)[..., :d_in], []
 
@@ -122,6 +121,12 @@ class HNet(nn.Module):
         upsampled = self.dechunk_layer(inner_out, routing, index, inner_segments, cache.dechunk)
         combined = (straight_through(upcast(upsampled), upcast(routing.selected_probs)) + residual).to(x.dtype)
         return self.decoder(combined, segments, cache.decoder)[..., :d_in], [routing, *inner_routing]
+
+    def widen(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D_prev) -> (..., D): append the learned ``pad_dimension`` when this stage is wider than the last."""
+        if self.pad_dimension is None:
+            return x
+        return torch.cat([x, self.pad_dimension.to(x.dtype).expand(*x.shape[:-1], -1)], dim=-1)
 
     def allocate_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> StageCache:
         args = (batch_size, max_seqlen, dtype, device)
@@ -142,8 +147,7 @@ class HNet(nn.Module):
         others reuse their last smoothed chunk vector. Decisions are written to ``boundaries`` (B, stages).
         """
         d_in = x.shape[-1]
-        if self.pad_dimension is not None:
-            x = torch.cat([x, self.pad_dimension.to(x.dtype).expand(x.shape[0], -1)], dim=-1)
+        x = self.widen(x)
         if self.is_innermost:
             return self.main_network.step(x, cache.main, rows)[..., :d_in]
 
@@ -164,6 +168,23 @@ class HNet(nn.Module):
 class HNetOutput:
     logits: torch.Tensor  # (B, L, 256)
     routing: list[RoutingOutput] = field(default_factory=list)  # one per chunking stage, outermost first
+
+
+@dataclass
+class BoundaryOutput:
+    """Every chunking stage's routing (outermost first) and where each stage's positions sit in the input bytes."""
+
+    routing: list[RoutingOutput]
+    # positions[s] (B, L_s): the byte index of each position of stage s (stage 0: 0..L-1). Stage s + 1 positions are
+    # the chunks of stage s, so positions[s + 1] holds the first byte of each chunk. Valid where routing[s].mask is
+    # True (or everywhere when it is None); padded entries hold arbitrary in-range indices.
+    positions: list[torch.Tensor]
+
+    def chunk_starts(self, stage: int) -> torch.Tensor:
+        """(B, L) bool over the input bytes: True where a chunk of stage ``stage`` starts."""
+        routing, positions = self.routing[stage], self.positions[stage]
+        starts = torch.zeros(positions.shape[0], self.positions[0].shape[1], dtype=torch.bool, device=positions.device)
+        return starts.scatter_(1, positions, routing.boundary_mask)  # padded entries carry False (a no-op write)
 
 
 class HNetForCausalLM(nn.Module):
@@ -204,6 +225,29 @@ class HNetForCausalLM(nn.Module):
             inference_params.seqlen_offset = input_ids.shape[1]
         hidden, routing = self.backbone(self.embeddings(input_ids.long()), segments, stages)  # uint8 ids are fine too
         return HNetOutput(self.lm_head(hidden), routing)
+
+    @torch.inference_mode()
+    def boundaries(
+        self, input_ids: torch.Tensor, mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None
+    ) -> BoundaryOutput:
+        """Every stage's chunk boundaries, running only each stage's encoder and router (no decoders, no innermost
+        network, no logits): the routing of ``forward`` on the same inputs, at a fraction of its cost.
+        """
+        segments = _check_inputs(input_ids, mask, document_ids, self.config.vocab_size)
+        batch, length = input_ids.shape
+        x = self.embeddings(input_ids.long())
+        positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+        routing, where, stage = [], [], self.backbone
+        while not stage.is_innermost:
+            hidden = stage.encoder(stage.widen(x), segments)
+            routing.append(stage.routing_module(hidden, segments))
+            where.append(positions)
+            if stage.main_network.is_innermost:
+                break  # the last router's chunks would only feed the innermost network
+            x, segments, index = stage.chunk_layer(hidden, routing[-1], segments)
+            positions = positions.gather(1, index)
+            stage = stage.main_network
+        return BoundaryOutput(routing, where)
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None):
         """Empty decoding state for ``batch_size`` rows of at most ``max_seqlen`` bytes (prompt + generated).

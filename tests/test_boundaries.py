@@ -1,0 +1,111 @@
+"""model.boundaries: the routing of the full forward, computed from the encoders and routers alone."""
+
+import pytest
+import torch
+
+from dynamic_chunker import HNetConfig, HNetForCausalLM
+
+from .conftest import OFFICIAL
+from .test_model import random_bytes, tiny_model
+
+
+def official_tiny_2stage() -> HNetForCausalLM:
+    model = HNetForCausalLM(HNetConfig.from_json(OFFICIAL / "tiny_2stage" / "config.json"))
+    model.load_state_dict(torch.load(OFFICIAL / "tiny_2stage" / "model.pt", weights_only=True))
+    return model.eval()
+
+
+def packed_ids(length: int, seed: int) -> torch.Tensor:
+    """(2, length) document ids with a few documents per row, some of length 1."""
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.rand(2, length, generator=gen) < 0.1
+    starts[:, 1] = True
+    return starts.long().cumsum(dim=1)
+
+
+def assert_routing_equal(fast, full):
+    assert len(fast.routing) == len(full.routing)
+    for s, (a, b) in enumerate(zip(fast.routing, full.routing)):
+        assert (a.mask is None) == (b.mask is None), f"stage {s} masks differ"
+        if a.mask is not None:
+            assert torch.equal(a.mask, b.mask)
+        assert torch.equal(a.boundary_mask, b.boundary_mask), f"stage {s} boundaries differ"
+        torch.testing.assert_close(a.boundary_prob, b.boundary_prob, rtol=0, atol=1e-6)
+        torch.testing.assert_close(a.selected_probs, b.selected_probs, rtol=0, atol=1e-6)
+
+
+def assert_positions_follow_boundaries(out, length: int):
+    """positions[0] is 0..L-1 and positions[s + 1] holds, in order, the bytes where stage s chunks start."""
+    batch = out.positions[0].shape[0]
+    assert torch.equal(out.positions[0], torch.arange(length).expand(batch, length))
+    for s in range(len(out.routing)):
+        starts = out.chunk_starts(s)
+        assert starts.shape == (batch, length)
+        for row in range(batch):
+            valid = out.routing[s].mask[row] if out.routing[s].mask is not None else slice(None)
+            expected = out.positions[s][row][valid][out.routing[s].boundary_mask[row][valid]]
+            assert torch.equal(starts[row].nonzero().flatten(), expected)
+            if s + 1 < len(out.routing):
+                count = len(expected)
+                assert torch.equal(out.positions[s + 1][row, :count], expected)
+                inner_mask = out.routing[s + 1].mask
+                assert inner_mask is not None and int(inner_mask[row].sum()) == count
+
+
+@pytest.mark.parametrize("source", ["official", "random3"])
+def test_boundaries_equal_full_forward_routing(source):
+    model = official_tiny_2stage() if source == "official" else tiny_model(3, seed=4)
+    ids = random_bytes(150, seed=1, batch=2)
+    full = model(ids)
+    fast = model.boundaries(ids)
+    assert_routing_equal(fast, full)
+    assert_positions_follow_boundaries(fast, 150)
+    assert not fast.routing[0].boundary_prob.requires_grad
+
+
+def test_boundaries_padded_batch_equal_full_forward():
+    model = tiny_model(3, seed=5)
+    ids = random_bytes(90, seed=2, batch=3)
+    mask = torch.arange(90)[None] < torch.tensor([[90], [41], [1]])
+    full = model(ids, mask=mask)
+    fast = model.boundaries(ids, mask=mask)
+    assert_routing_equal(fast, full)
+    assert_positions_follow_boundaries(fast, 90)
+    assert not fast.chunk_starts(0)[1, 41:].any() and not fast.chunk_starts(1)[2, 1:].any()
+
+
+@pytest.mark.parametrize("source", ["official", "random3"])
+def test_boundaries_packed_documents_equal_full_forward(source):
+    model = official_tiny_2stage() if source == "official" else tiny_model(3, seed=6)
+    ids = random_bytes(120, seed=3, batch=2)
+    docs = packed_ids(120, seed=3)
+    full = model(ids, document_ids=docs)
+    fast = model.boundaries(ids, document_ids=docs)
+    assert_routing_equal(fast, full)
+    assert_positions_follow_boundaries(fast, 120)
+    doc_starts = torch.nn.functional.pad(docs[:, 1:] != docs[:, :-1], (1, 0), value=True)
+    assert torch.equal(fast.chunk_starts(0) & doc_starts, doc_starts)  # every document starts a chunk
+
+
+def test_boundaries_run_no_decoder_innermost_network_or_head():
+    model = tiny_model(3, seed=7)
+    called = []
+    skipped = [model.lm_head, model.backbone.decoder, model.backbone.residual_proj]
+    stage = model.backbone
+    while not stage.is_innermost:
+        skipped += [stage.decoder, stage.residual_proj]
+        stage = stage.main_network
+    skipped.append(stage.main_network)
+    hooks = [m.register_forward_hook(lambda *_: called.append(1)) for m in skipped]
+    model.boundaries(random_bytes(40, seed=4))
+    for hook in hooks:
+        hook.remove()
+    assert not called
+
+
+def test_boundaries_bad_input_is_a_clear_error():
+    model = tiny_model(2)
+    with pytest.raises(ValueError, match="byte values"):
+        model.boundaries(torch.tensor([[0, 300]]))
+    with pytest.raises(ValueError, match="right-padded"):
+        model.boundaries(torch.zeros(1, 3, dtype=torch.long), mask=torch.tensor([[True, False, True]]))
