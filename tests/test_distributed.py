@@ -30,13 +30,15 @@ def free_port() -> int:
 
 
 def first_step_gradients(config: dict, rank: int = 0, world_size: int = 1) -> tuple[dict, dict]:
-    """Gradients (after DDP's averaging) and metrics of the first optimizer step of a fresh run."""
+    """Gradients (after DDP's averaging) and metrics of the first optimizer step of a fresh run; the row also
+    holds the largest rank, as the time-budget clock's all-reduce (max) sees it."""
     runtime = distributed.start("cpu")
     assert runtime.world_size == world_size and runtime.rank == rank
     try:
         trainer = Trainer(config_from_dict(config), runtime)
         row = trainer.accumulate_gradients(next(trainer.batches()))
         grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
+        row["max_rank"] = float(distributed.all_reduce(torch.tensor(float(rank)), runtime, op="max"))
     finally:
         distributed.stop(runtime)
     return grads, row
@@ -66,6 +68,7 @@ def test_ddp_gradients_equal_single_process_gradients(tmp_path, corpus):  # noqa
         torch.testing.assert_close(ranks[0]["grads"][name], grad, rtol=1e-5, atol=1e-7, msg=name)
         assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name  # DDP: identical on every rank
     assert ranks[0]["row"] == ranks[1]["row"]  # metrics are all-reduced
+    assert ranks[0]["row"].pop("max_rank") == 1.0 and row.pop("max_rank") == 0.0
     assert ranks[0]["row"] == pytest.approx(row, rel=1e-6)
 
 

@@ -279,6 +279,21 @@ def test_two_stage_training_runs_and_writes_every_output(tmp_path, corpus, capsy
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
+def test_bf16_autocast_trains(tmp_path, corpus):
+    config = config_from_dict(
+        tiny_config(corpus, tmp_path / "run", train={"steps": 2, "dtype": "bf16"}, eval={"every": 0})
+    )
+    trainer = Trainer(config, Runtime())
+    assert trainer.compute_dtype == torch.bfloat16
+    with trainer.autocast:
+        assert trainer.model(torch.randint(0, 256, (1, 16))).logits.dtype == torch.bfloat16
+    result = trainer.run(progress=False)
+    assert all(math.isfinite(row["loss"]) for row in result.history)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay float32
+    fp32 = Trainer(config_from_dict(tiny_config(corpus, tmp_path / "fp32")), Runtime())
+    assert fp32.compute_dtype == torch.float32  # auto on a CPU
+
+
 def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, corpus):
     reference = train(config_from_dict(tiny_config(corpus, tmp_path / "whole")), progress=False)
 

@@ -27,6 +27,7 @@ class DataSection:
     corpus: str  # a prepared corpus directory (manifest.json, train.bin/.idx, val.bin/.idx)
     seq_len: int = 8192  # bytes per training window
     seed: int = 0  # shuffling seed of the training windows
+    verify: bool = True  # check the files' sha256 against the manifest at start (slow for very large corpora)
 
 
 @dataclass

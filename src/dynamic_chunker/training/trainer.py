@@ -20,6 +20,7 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data import ByteWindows, PreparedCorpus
 from ..model import HNetForCausalLM, parameter_groups
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -30,7 +31,16 @@ from .schedule import WarmupStableDecay
 
 CHECKPOINT = "checkpoint.pt"
 # keys that may differ between a run and its resumption (run control, not the recipe)
-RESUMABLE_CHANGES = ("out", "data.corpus", "train.max_minutes", "train.device", "train.dtype", "eval.", "checkpoint.")
+RESUMABLE_CHANGES = (
+    "out",
+    "data.corpus",
+    "data.verify",
+    "train.max_minutes",
+    "train.device",
+    "train.dtype",
+    "eval.",
+    "checkpoint.",
+)
 
 
 @dataclass
@@ -61,17 +71,15 @@ def train(
         distributed.stop(runtime)
 
 
-def open_data(config: TrainConfig):
+def open_data(config: TrainConfig) -> tuple[ByteWindows, ByteWindows]:
     """Training and validation windows of the prepared corpus named by ``config.data``."""
-    from ..data import ByteWindows, PreparedCorpus
-
     corpus_dir = Path(config.data.corpus)
     if not corpus_dir.is_dir():
         raise FileNotFoundError(
             f"data.corpus {corpus_dir} is not a directory (relative paths are resolved from {Path.cwd()}); "
             "prepare one with `hnet data prepare`"
         )
-    corpus = PreparedCorpus(corpus_dir)
+    corpus = PreparedCorpus(corpus_dir, verify=config.data.verify)
     seq_len = config.data.seq_len
     return ByteWindows(corpus.split("train"), seq_len=seq_len, seed=config.data.seed), ByteWindows(
         corpus.split("val"), seq_len=seq_len, seed=0
@@ -93,7 +101,10 @@ class Trainer:
                 f"({cfg.train.grad_accum}) x processes ({rt.world_size})"
             )
         self.micro_batch = cfg.train.batch_size // per_process
-        self.autocast = _autocast(cfg.train.dtype, rt.device)
+        self.compute_dtype = _compute_dtype(cfg.train.dtype, rt.device)
+        self.autocast = torch.autocast(
+            rt.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == torch.bfloat16
+        )
         self.train_windows, self.val_windows = open_data(config)
         self.train_windows.steps_per_epoch(self.micro_batch, rt.world_size)  # enough data for one batch?
         # a fixed validation set: windows spread evenly over the split, so that it spans many documents
@@ -292,7 +303,8 @@ class Trainer:
                 self.step += 1
                 self.elapsed = elapsed_before + now - session_start
                 if budget:  # every process must agree on the time, hence on the learning rate and the stop
-                    self.elapsed = float(distributed.all_reduce(torch.tensor(self.elapsed), rt, op="max"))
+                    clock = torch.tensor(self.elapsed, dtype=torch.float64, device=rt.device)
+                    self.elapsed = float(distributed.all_reduce(clock, rt, op="max"))
                 row = {
                     "step": self.step,
                     **row,
@@ -332,11 +344,12 @@ class Trainer:
         self.model.save_pretrained(self.out_dir)
 
 
-def _autocast(dtype: str, device: torch.device):
+def _compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """bf16 (autocast; weights and optimizer stay float32) when asked, or by default on GPUs with native bf16."""
     use_bf16 = dtype == "bf16" or (
         dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     )
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.bfloat16 if use_bf16 else torch.float32
 
 
 def _check_resumable(config: TrainConfig, model_config: dict, checkpoint: dict) -> None:
