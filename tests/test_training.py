@@ -294,8 +294,12 @@ def test_bf16_autocast_trains(tmp_path, corpus):
     assert fp32.compute_dtype == torch.float32  # auto on a CPU
 
 
-def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, corpus):
-    reference = train(config_from_dict(tiny_config(corpus, tmp_path / "whole")), progress=False)
+@pytest.mark.parametrize("two_stage, grad_accum", [(False, 1), (True, 2)])
+def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, corpus, two_stage, grad_accum):
+    def config(out: str):
+        return config_from_dict(tiny_config(corpus, tmp_path / out, two_stage, train={"grad_accum": grad_accum}))
+
+    reference = train(config("whole"), progress=False)
 
     class Killed(Exception):
         pass
@@ -304,7 +308,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, co
         if step == 5:  # two steps after the checkpoint of step 3, which are lost
             raise Killed
 
-    interrupted = config_from_dict(tiny_config(corpus, tmp_path / "parts"))
+    interrupted = config("parts")
     with pytest.raises(Killed):
         train(interrupted, progress=False, on_step=kill_at_five)
     assert load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["step"] == 3

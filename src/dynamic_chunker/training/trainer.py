@@ -275,7 +275,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "train.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             log = RunLog(self.out_dir, self.resumed_from)
-        bar = _progress_bar(progress and rt.is_main, steps, self.step)
+        # with a time budget the step count at the end is unknown: the bar then shows steps and rate, no total
+        bar = _progress_bar(progress and rt.is_main, None if budget else steps, self.step)
         bytes_per_step = cfg.train.batch_size * cfg.data.seq_len
         last_eval, last_saved = None, self.resumed_from
         session_start, elapsed_before = time.perf_counter(), self.elapsed
@@ -389,7 +390,7 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _progress_bar(enabled: bool, total: int, initial: int):
+def _progress_bar(enabled: bool, total: int | None, initial: int):
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
