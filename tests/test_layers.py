@@ -168,3 +168,14 @@ def test_attention_window_matches_explicit_softmax():
     probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
     expected = attn.out_proj(torch.einsum("bhij,bjhd->bihd", probs, v).reshape(1, 7, d))
     torch.testing.assert_close(attn(u, Segments()), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_scan_stays_float32_under_bf16_autocast():
+    gen = torch.Generator().manual_seed(3)
+    x, log_decay, B, C = scan_inputs(gen, 1, 50, 2, 4, 8, torch.float32)
+    expected, expected_final = chunked_scan(x, log_decay, B, C, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, final = chunked_scan(x, log_decay, B, C, 16)
+    assert y.dtype == final.dtype == torch.float32
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    torch.testing.assert_close(final, expected_final, rtol=0, atol=0)

@@ -27,13 +27,34 @@ def segment_sum(a: torch.Tensor) -> torch.Tensor:
     """out[..., i, j] = sum_{k=j+1}^{i} a[..., k] for j <= i, -inf above the diagonal.
 
     Built as a masked cumulative sum rather than a difference of prefix sums so that
-    large (reset) values never cancel.
+    large (reset) values never cancel. O(T^2) memory: used across tiles, where T is small.
     """
     T = a.shape[-1]
     lower = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
     rep = a[..., :, None].expand(*a.shape, T).masked_fill(~lower, 0.0)  # rep[..., k, j] = a_k if k > j
     out = rep.cumsum(dim=-2)
     return out.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=a.device).tril(), -math.inf)
+
+
+def tile_decay(a: torch.Tensor) -> torch.Tensor:
+    """exp(segment_sum(a)) for tiles a (..., Q) -> (..., Q, Q): the decay from position j to position i >= j.
+
+    Computed from differences of prefix sums (one pass instead of a Q x Q cumulative sum). The prefix sums
+    and their differences are float64, so that long stretches of strong decay (prefix sums in the hundreds)
+    lose nothing to cancellation; resets (a <= RESET_LOG_DECAY) are also taken out of the prefix sums, and
+    every pair (j, i) with a reset in (j, i] gets decay 0, which is what exp of a sum containing it gives.
+    """
+    Q = a.shape[-1]
+    allowed = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril()
+    reset = a <= RESET_LOG_DECAY
+    if bool(reset.any()):
+        segment = reset.cumsum(dim=-1)  # resets so far: pairs in the same segment have none in (j, i]
+        allowed = allowed & (segment[..., :, None] == segment[..., None, :])
+        a = a.masked_fill(reset, 0.0)
+    wide = torch.float32 if a.device.type == "mps" else torch.float64  # MPS has no float64
+    prefix = a.to(wide).cumsum(dim=-1)
+    difference = (prefix[..., :, None] - prefix[..., None, :]).to(a.dtype)
+    return torch.exp(torch.where(allowed, difference, -math.inf))
 
 
 def chunked_scan(
@@ -48,9 +69,17 @@ def chunked_scan(
 
     Shapes: x (b, l, h, p), log_decay a (b, l, h), B and C (b, l, n) shared by all heads,
     initial_state (b, h, p, n). Returns y (b, l, h, p) and the final state (b, h, p, n).
+    Log decays are <= 0; a value <= RESET_LOG_DECAY empties the state (a document start).
     All arithmetic is float32 (or float64 if the inputs are). Lengths need not be a multiple
     of ``chunk_size``: the tail is padded with a = 0 and zero input, which leaves the state intact.
+    Tiles are processed head-major, (b, h, c, Q, ...), so that every product is one batched matmul.
+    Autocast is switched off inside: the scan stays in float32 even in a bf16-autocast training step.
     """
+    with torch.autocast(x.device.type, enabled=False):
+        return _chunked_scan(x, log_decay, B, C, chunk_size, initial_state)
+
+
+def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state):
     b, l, h, p = x.shape
     n = B.shape[-1]
     Q = max(1, min(chunk_size, l))
@@ -59,32 +88,32 @@ def chunked_scan(
         x, B, C = (F.pad(t, (0,) * (2 * t.dim() - 4) + (0, pad)) for t in (x, B, C))
         log_decay = F.pad(log_decay, (0, 0, 0, pad))
     c = x.shape[1] // Q
-    x = x.reshape(b, c, Q, h, p)
+    x = x.reshape(b, c, Q, h, p).permute(0, 3, 1, 2, 4).contiguous()  # (b, h, c, Q, p)
     B = B.reshape(b, c, Q, n)
     C = C.reshape(b, c, Q, n)
     a = log_decay.reshape(b, c, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
 
     # 1. within each tile: y_i = sum_{j<=i} exp(a_{j+1..i}) (C_i . B_j) x_j
-    decay = torch.exp(segment_sum(a))  # (b, h, c, Q, Q)
-    scores = torch.einsum("bcin,bcjn->bcij", C, B)
-    y = torch.einsum("bhcij,bcij,bcjhp->bcihp", decay, scores, x)
+    decay = tile_decay(a)  # (b, h, c, Q, Q)
+    y = (decay * (C @ B.transpose(-1, -2))[:, None]) @ x
 
-    # 2. state each tile leaves behind if it started from zero
-    to_end = decay[..., -1, :]  # exp(a_{j+1..Q-1}), (b, h, c, Q)
-    tile_states = torch.einsum("bcjn,bhcj,bcjhp->bchpn", B, to_end, x)
+    # 2. state each tile leaves behind if it started from zero: sum_j exp(a_{j+1..Q-1}) x_j B_j^T
+    to_end = decay[..., -1, :, None]  # (b, h, c, Q, 1)
+    tile_states = x.transpose(-1, -2) @ (to_end * B[:, None])  # (b, h, c, p, n)
 
     # 3. carry states across tiles: state entering tile z = sum_{c<z} exp(decay of tiles c+1..z-1) ...
     if initial_state is None:
         initial_state = x.new_zeros(b, h, p, n)
-    tile_states = torch.cat([initial_state[:, None].to(tile_states.dtype), tile_states], dim=1)
+    tile_states = torch.cat([initial_state[:, :, None].to(tile_states.dtype), tile_states], dim=2)
     tile_total = F.pad(a.sum(-1), (1, 0))  # (b, h, c + 1)
-    carried = torch.einsum("bhzc,bchpn->bzhpn", torch.exp(segment_sum(tile_total)), tile_states)
-    entering, final_state = carried[:, :-1], carried[:, -1]
+    carried = torch.exp(segment_sum(tile_total)) @ tile_states.reshape(b, h, c + 1, p * n)
+    carried = carried.reshape(b, h, c + 1, p, n)
+    entering, final_state = carried[:, :, :-1], carried[:, :, -1]
 
     # 4. contribution of the entering state: exp(a_{0..i}) C_i . S
-    from_start = torch.exp(a.cumsum(dim=-1))  # (b, h, c, Q)
-    y = y + torch.einsum("bcin,bchpn,bhci->bcihp", C, entering, from_start)
-    return y.reshape(b, c * Q, h, p)[:, :l], final_state
+    from_start = torch.exp(a.cumsum(dim=-1))[..., None]  # (b, h, c, Q, 1)
+    y = y + (C[:, None] @ entering.transpose(-1, -2)) * from_start
+    return y.permute(0, 2, 3, 1, 4).reshape(b, c * Q, h, p)[:, :l], final_state
 
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, starts: torch.Tensor | None):
