@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynamic_chunker.layers.attention import CausalSelfAttention
+from dynamic_chunker.layers.attention import CausalSelfAttention, attention_mask, windowed_attention
 from dynamic_chunker.layers.mamba2 import RESET_LOG_DECAY, Mamba2, causal_depthwise_conv, chunked_scan
 from dynamic_chunker.layers.segments import Segments
 
@@ -179,3 +179,21 @@ def test_chunked_scan_stays_float32_under_bf16_autocast():
     assert y.dtype == final.dtype == torch.float32
     torch.testing.assert_close(y, expected, rtol=0, atol=0)
     torch.testing.assert_close(final, expected_final, rtol=0, atol=0)
+
+
+@FAST
+@given(
+    length=st.integers(1, 40),
+    window=st.integers(0, 12),
+    with_docs=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_blockwise_windowed_attention_equals_dense_mask(length, window, with_docs, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 3, length, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    starts = random_starts(gen, 2, length, rate=0.2) if with_docs else None
+    segments = Segments(starts=starts)
+    mask = attention_mask(length, window, segments, q.device)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = windowed_attention(q, k, v, window, segments.doc_ids if with_docs else None)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)

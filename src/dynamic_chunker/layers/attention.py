@@ -40,6 +40,43 @@ def attention_mask(length: int, window: int, segments: Segments, device: torch.d
     return allowed
 
 
+def windowed_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, doc_ids: torch.Tensor | None
+) -> torch.Tensor:
+    """Sliding-window causal attention in blocks: memory and time O(L * window) instead of O(L^2).
+
+    q, k, v (b, h, L, d). Queries go in blocks of ``window + 1``; block z only sees the keys from its first
+    position minus ``window`` to its last, through one (block, block + window) mask, so every query sees exactly
+    the keys of :func:`attention_mask`. ``doc_ids`` (b, L) additionally restricts keys to the query's document.
+    """
+    b, h, l, d = q.shape
+    block = window + 1
+    n = -(-l // block)
+    pad = n * block - l
+    span = block + window  # keys visible from some query of a block
+
+    def key_blocks(t: torch.Tensor) -> torch.Tensor:  # (b, h, L, d) -> (b * n, h, span, d)
+        t = F.pad(t, (0, 0, window, pad)).unfold(2, span, block)  # (b, h, n, d, span)
+        return t.permute(0, 2, 1, 4, 3).reshape(b * n, h, span, d)
+
+    queries = F.pad(q, (0, 0, 0, pad)).view(b, h, n, block, d).transpose(1, 2).reshape(b * n, h, block, d)
+    i = torch.arange(block, device=q.device)[:, None]
+    j = torch.arange(span, device=q.device)[None, :]
+    first_key = torch.arange(n, device=q.device)[:, None, None] * block - window  # position of key j = 0
+    allowed = (j >= i) & (j <= i + window) & (first_key + j >= 0)  # (n, block, span)
+    if doc_ids is None:
+        allowed = allowed.expand(b, n, block, span)
+    else:
+        docs = F.pad(doc_ids, (window, pad), value=-1)  # padding: a document of its own
+        query_docs = docs[:, window:].view(b, n, block, 1)
+        key_docs = docs.unfold(1, span, block)[:, :, None, :]  # (b, n, 1, span)
+        allowed = allowed & (query_docs == key_docs)
+    out = F.scaled_dot_product_attention(
+        queries, key_blocks(k), key_blocks(v), attn_mask=allowed.reshape(b * n, 1, block, span)
+    )
+    return out.view(b, n, h, block, d).transpose(1, 2).reshape(b, h, n * block, d)[:, :, :l]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, rotary_dim: int, window_size: int = -1, device=None, dtype=None):
         super().__init__()
@@ -59,10 +96,13 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             cache.prefill(k, v, valid_lengths(segments, b, l, x.device))
-        mask = attention_mask(l, self.window_size, segments, x.device)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None
-        )
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if 0 <= self.window_size < l - 1:  # the window hides some keys: attend block by block
+            doc_ids = segments.doc_ids if segments.starts is not None else None
+            out = windowed_attention(q, k, v, self.window_size, doc_ids)
+        else:
+            mask = attention_mask(l, self.window_size, segments, x.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self.out_proj(out.transpose(1, 2).reshape(b, l, d))
 
     # ------------------------------------------------------------------ decoding
