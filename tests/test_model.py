@@ -317,3 +317,34 @@ def test_bfloat16_model_runs_with_float32_islands():
     assert all(r.boundary_prob.dtype == torch.bfloat16 for r in out.routing)  # routed in the model dtype
     out.logits.float().logsumexp(-1).mean().backward()
     assert model.backbone.residual_proj.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(packed):
+    model = tiny_model(3, seed=8)
+    ids = random_bytes(60, seed=9, batch=2)
+    docs = (torch.arange(60) >= 23).long().expand(2, 60) if packed else None
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        out = model(ids, document_ids=docs)
+        loss = out.logits.logsumexp(-1).mean() + sum(model.ratio_losses(out, [2.0, 2.0]))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads()
+    model.set_gradient_checkpointing(True)
+    stacks = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
+    assert stacks and all(m.gradient_checkpointing for m in stacks)
+    loss_ckpt, grads_ckpt = loss_and_grads()
+    torch.testing.assert_close(loss_ckpt, loss, rtol=0, atol=0)
+    assert grads_ckpt.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-6, atol=1e-7, msg=name)
+    model.set_gradient_checkpointing(True, stages=[1])
+    assert [m.gradient_checkpointing for m in (model.backbone.encoder, model.backbone.main_network.encoder)] == [
+        False,
+        True,
+    ]
+    with pytest.raises(ValueError, match="stages must be in 0..2"):
+        model.set_gradient_checkpointing(True, stages=[3])

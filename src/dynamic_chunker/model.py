@@ -314,6 +314,24 @@ class HNetForCausalLM(nn.Module):
 
         return from_pretrained(name_or_path, **kwargs)
 
+    def set_gradient_checkpointing(self, enabled: bool = True, stages: list[int] | None = None) -> None:
+        """Recompute the layers of the stacks of ``stages`` (default: all; the others are switched off) in the
+        backward pass instead of storing their activations: training memory per stack drops to its layer inputs
+        plus one layer's activations, for one extra forward pass.
+        """
+        stages = list(range(self.config.num_stages)) if stages is None else list(stages)
+        unknown = [s for s in stages if not isinstance(s, int) or not 0 <= s < self.config.num_stages]
+        if unknown:
+            raise ValueError(f"stages must be in 0..{self.config.num_stages - 1}, got {unknown}")
+        stage = self.backbone
+        while True:
+            stacks = [stage.main_network] if stage.is_innermost else [stage.encoder, stage.decoder]
+            for stack in stacks:
+                stack.gradient_checkpointing = enabled and stage.stage in stages
+            if stage.is_innermost:
+                break
+            stage = stage.main_network
+
     def ratio_losses(self, output: HNetOutput, targets: list[float]) -> list[torch.Tensor]:
         """One ratio loss per chunking stage (outermost first) with target bytes-per-chunk N per stage."""
         if len(targets) != len(output.routing):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import CausalSelfAttention
 from .mamba2 import Mamba2
@@ -67,6 +68,8 @@ class Isotropic(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.rmsnorm = RMSNorm(d_model, **factory)
         self.letters = "".join(letters)
+        # recompute each layer in the backward pass instead of keeping its activations (training memory)
+        self.gradient_checkpointing = False
 
     @property
     def height(self) -> int:
@@ -76,8 +79,12 @@ class Isotropic(nn.Module):
     def forward(self, x: torch.Tensor, segments: Segments, cache: list | None = None) -> torch.Tensor:
         """(B, L, D) -> (B, L, D). ``cache`` (from ``allocate_cache``) is filled for decoding when given."""
         residual = upcast(x)
+        recompute = self.gradient_checkpointing and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            residual = layer(residual, segments, x.dtype, None if cache is None else cache[i])
+            if recompute:
+                residual = checkpoint(layer, residual, segments, x.dtype, use_reentrant=False)
+            else:
+                residual = layer(residual, segments, x.dtype, None if cache is None else cache[i])
         return self.rmsnorm(residual, x.dtype)
 
     def allocate_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> list:
