@@ -348,3 +348,22 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(packed):
     ]
     with pytest.raises(ValueError, match="stages must be in 0..2"):
         model.set_gradient_checkpointing(True, stages=[3])
+
+
+def test_bf16_autocast_training_step_is_close_to_float32():
+    model = tiny_model(3, seed=12)
+    ids = random_bytes(80, seed=13, batch=2)
+
+    def loss_and_grads(autocast: bool):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(ids[:, :-1])
+            loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters() if p.grad is not None], out
+
+    loss32, grads32, _ = loss_and_grads(False)
+    loss16, grads16, out16 = loss_and_grads(True)
+    assert out16.logits.dtype == torch.bfloat16
+    assert abs(loss16.item() - loss32.item()) < 0.02 * loss32.item()
+    assert len(grads16) == len(grads32) and all(torch.isfinite(g).all() for g in grads16)
