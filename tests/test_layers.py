@@ -197,3 +197,18 @@ def test_blockwise_windowed_attention_equals_dense_mask(length, window, with_doc
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out = windowed_attention(q, k, v, window, segments.doc_ids if with_docs else None)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("length,chunk_size", [(700, 2), (300, 16), (257, 1)])
+def test_chunked_scan_with_many_tiles_equals_sequential_recurrence(length, chunk_size):
+    """Enough tiles that their states are carried by a scan over tiles of tiles (twice, for 700 / 2)."""
+    gen = torch.Generator().manual_seed(length)
+    x, log_decay, B, C = scan_inputs(gen, 2, length, 2, 3, 4, torch.float64)
+    log_decay = log_decay / 30  # slow decay: states travel across many tiles
+    starts = random_starts(gen, 2, length, rate=0.01)
+    a = log_decay.masked_fill(starts[..., None], RESET_LOG_DECAY)
+    initial = torch.randn(2, 2, 3, 4, generator=gen, dtype=torch.float64)
+    y, final = chunked_scan(x, a, B, C, chunk_size, initial_state=initial)
+    y_ref, final_ref = sequential_scan(x, log_decay, B, C, initial, starts)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final, final_ref, rtol=1e-10, atol=1e-10)

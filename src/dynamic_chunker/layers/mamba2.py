@@ -21,6 +21,9 @@ from .segments import Segments
 # log-decay that empties the state at a document start: exp() of it (and of any sum containing it)
 # is exactly 0 in float32/float64, while staying finite so that no inf - inf can ever appear.
 RESET_LOG_DECAY = -1.0e4
+# Tiles per tile-of-tiles when many tiles carry their states forward (see chunked_scan, step 3): keeps that step
+# linear in the sequence length; at least 2 so that every level of tiles is shorter than the one below.
+MIN_OUTER_TILE = 16
 
 
 def segment_sum(a: torch.Tensor) -> torch.Tensor:
@@ -101,14 +104,30 @@ def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state):
     to_end = decay[..., -1, :, None]  # (b, h, c, Q, 1)
     tile_states = x.transpose(-1, -2) @ (to_end * B[:, None])  # (b, h, c, p, n)
 
-    # 3. carry states across tiles: state entering tile z = sum_{c<z} exp(decay of tiles c+1..z-1) ...
+    # 3. carry states across tiles: S_z = exp(sum of a over tile z) S_{z-1} + tile_states_z
     if initial_state is None:
         initial_state = x.new_zeros(b, h, p, n)
-    tile_states = torch.cat([initial_state[:, :, None].to(tile_states.dtype), tile_states], dim=2)
-    tile_total = F.pad(a.sum(-1), (1, 0))  # (b, h, c + 1)
-    carried = torch.exp(segment_sum(tile_total)) @ tile_states.reshape(b, h, c + 1, p * n)
-    carried = carried.reshape(b, h, c + 1, p, n)
-    entering, final_state = carried[:, :, :-1], carried[:, :, -1]
+    initial_state = initial_state.to(tile_states.dtype)
+    tile_total = a.sum(-1)  # (b, h, c)
+    outer = max(Q, MIN_OUTER_TILE)
+    if c + 1 <= outer:  # few tiles: one (c+1) x (c+1) decay matrix
+        states = torch.cat([initial_state[:, :, None], tile_states], dim=2).reshape(b, h, c + 1, p * n)
+        carried = torch.exp(segment_sum(F.pad(tile_total, (1, 0)))) @ states
+        carried = carried.reshape(b, h, c + 1, p, n)
+        entering, final_state = carried[:, :, :-1], carried[:, :, -1]
+    else:  # many tiles: that recurrence is itself a scan (state size p * n, B = C = 1), in tiles of tiles
+        ones = x.new_ones(b, c, 1)
+        after, final_state = chunked_scan(
+            tile_states.permute(0, 2, 1, 3, 4).reshape(b, c, h, p * n),
+            tile_total.transpose(1, 2),
+            ones,
+            ones,
+            outer,
+            initial_state.reshape(b, h, p * n, 1),
+        )  # after[:, z] = state after tile z
+        after = after.reshape(b, c, h, p, n).transpose(1, 2)
+        entering = torch.cat([initial_state[:, :, None], after[:, :, :-1]], dim=2)
+        final_state = final_state.reshape(b, h, p, n)
 
     # 4. contribution of the entering state: exp(a_{0..i}) C_i . S
     from_start = torch.exp(a.cumsum(dim=-1))[..., None]  # (b, h, c, Q, 1)
