@@ -30,8 +30,8 @@ estimated from tensors. Where the counter cannot be reset the baseline is the pe
 under-report, and the table says so.
 
 Time. Warm-up iterations are excluded; then iterations run until at least ``--min-iters`` and ``--min-time``
-seconds, but no iteration starts that would overrun ``--budget`` seconds per measurement (where the warm-up alone
-fills the budget, as at 16K bytes on 2 busy cores, its cold time is reported and marked with *). bytes/s = length /
+seconds, but no iteration starts that would overrun ``--budget`` seconds per measurement (where none fits after
+the warm-up, the warm-up's cold time is reported and marked with *). bytes/s = length /
 the fastest timed iteration: on a shared machine other processes only ever add time (with busy cores an OpenMP
 barrier can wait a whole scheduler slice; ``--threads 1`` is then much steadier), so the minimum is the least noisy
 estimate; all iteration times are saved with the table. Both models of one length run back to back, so the ratios
@@ -230,7 +230,7 @@ def measure(spec: dict) -> dict:
         seconds, counts = timed_step()
         times.append(seconds)
         budget_left -= seconds
-    cold = not times  # the warm-up alone used the budget: report it
+    cold = not times  # no timed iteration fitted after the warm-up: report the warm-up
     lengths = [spec["length"], *counts]
     return {
         "seconds": times or warm,
@@ -259,6 +259,19 @@ def load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "unknown"
+
+
+def code_version() -> str:
+    """The commit measured, and which source files differed from it (other work in progress)."""
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "src").splitlines()
+    files = ", ".join(line[3:] for line in changed)
+    return f"commit {commit}" + (f" with uncommitted changes in {files}" if files else "")
 
 
 def machine(threads: int) -> str:
@@ -297,11 +310,15 @@ def speed(result: dict) -> str:
     return f"{result['bytes_per_s']:,.0f}" + ("*" if result["cold"] else "")
 
 
-def report(args, hnet: HNetConfig, iso: HNetConfig, rows: list[dict], command: str, loads: list[str]) -> str:
+def report(
+    args, hnet: HNetConfig, iso: HNetConfig, rows: list[dict], command: str, loads: list[str], code: list[str]
+) -> str:
     lines = [
         "# Training throughput: H-Net vs isotropic byte Transformer of equal FLOPs per byte (CPU)",
         "",
         f"Command: `{command}`",
+        "",
+        "Code: " + (code[0] if code[0] == code[1] else f"{code[0]} at the start, {code[1]} at the end"),
         "",
         f"Machine: {machine(rows[0]['hnet']['threads'])}; load average before / after: {loads[0]} / {loads[1]} "
         "(other processes shared the cores)",
@@ -309,7 +326,8 @@ def report(args, hnet: HNetConfig, iso: HNetConfig, rows: list[dict], command: s
         f"Text: `{args.text}` repeated to length; batch 1; forward + backward (no optimizer step); "
         f"{args.warmup} warm-up iteration(s), then at least {args.min_iters} timed iterations and {args.min_time:g} s "
         f"within a budget of {args.budget:g} s per measurement; bytes/s from the fastest timed iteration "
-        "(* = the warm-up alone filled the budget: one cold iteration, page faults of fresh memory included).",
+        "(* = no timed iteration fitted in the budget after the warm-up: the cold warm-up time, page faults of fresh "
+        "memory included).",
         "",
         f"- H-Net: `{shown_path(args.config)}`: {layout(hnet)}, d_state {hnet.ssm_cfg.d_state}, "
         f"windows {hnet.attn_cfg.window_size}; {rows[0]['hnet']['params'] / 1e6:.1f}M parameters; router calibrated "
@@ -377,9 +395,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--budget",
         type=float,
-        default=60.0,
-        help="seconds per (model, length) measurement: no timed iteration starts that would not fit; when the "
-        "warm-up alone fills it, its (cold) time is reported and marked",
+        default=120.0,
+        help="seconds per (model, length) measurement: no timed iteration starts that would not fit; when none "
+        "fits after the warm-up, the warm-up's (cold) time is reported and marked",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown file for the table")
@@ -419,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         "budget": args.budget,
         "ratio_targets": args.compression,
     }
-    rows, loads = [], [load_average()]
+    rows, loads, code = [], [load_average()], [code_version()]
     with tempfile.TemporaryDirectory() as tmp:
         for length in args.lengths:
             routing = Path(tmp) / f"routing_{length}.pt"
@@ -443,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             rows.append(row)
     command = "python " + " ".join([str(Path(sys.argv[0])), *(sys.argv[1:] if argv is None else argv)])
-    text = report(args, hnet, iso, rows, command.strip(), [*loads, load_average()])
+    text = report(args, hnet, iso, rows, command.strip(), [*loads, load_average()], [*code, code_version()])
     print("\n" + text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
