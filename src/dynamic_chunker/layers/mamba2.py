@@ -24,6 +24,8 @@ RESET_LOG_DECAY = -1.0e4
 # Tiles per tile-of-tiles when many tiles carry their states forward (see chunked_scan, step 3): keeps that step
 # linear in the sequence length; at least 2 so that every level of tiles is shorter than the one below.
 MIN_OUTER_TILE = 16
+# Tile size of the pure-PyTorch scan on CPU (see Mamba2.scan_tile).
+CPU_SCAN_TILE = 64
 
 
 def segment_sum(a: torch.Tensor) -> torch.Tensor:
@@ -210,12 +212,19 @@ class Mamba2(nn.Module):
         if segments.starts is not None:
             log_decay = log_decay.masked_fill(segments.starts[..., None], RESET_LOG_DECAY)
         x = x.reshape(b, l, self.nheads, self.headdim)
-        y, final_state = chunked_scan(x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.chunk_size)
+        y, final_state = chunked_scan(x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.scan_tile(u))
         if cache is not None:
             cache.ssm.copy_(final_state.detach())
         y = y + x.to(fp) * self.D.to(fp)[:, None]
         y = self.norm(y.reshape(b, l, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)
+
+    def scan_tile(self, u: torch.Tensor) -> int:
+        """Tile size of the chunked scan. Any size gives the same result up to rounding; ``chunk_size`` sizes the
+        official GPU kernels' tiles, while on CPU tiles of CPU_SCAN_TILE are about 2x faster than 256 (the Q x Q
+        decay work per position shrinks, the batched matmuls stay efficient) and keep a quarter of the memory.
+        """
+        return min(self.chunk_size, CPU_SCAN_TILE) if u.device.type == "cpu" else self.chunk_size
 
     # ------------------------------------------------------------------ decoding
     def allocate_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> MambaCache:
