@@ -54,6 +54,11 @@ def stop(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
+
+
 def all_reduce(values: torch.Tensor, runtime: Runtime, op: str = "sum") -> torch.Tensor:
     """Sum (or max) a tensor over all processes; a no-op for a single process."""
     if runtime.distributed:

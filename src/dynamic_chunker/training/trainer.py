@@ -333,6 +333,7 @@ class Trainer:
             if rt.is_main:
                 self._export_model()
                 plot_curves(self.out_dir)
+            distributed.barrier(rt)  # no process tears the group down while another still uses it
         finally:
             bar.close()
             if log:
