@@ -15,8 +15,15 @@ $(BIN)/hnet: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(BIN)/hnet
 
+# The main job: check parity with the official implementation, build the English corpus from Debian packages,
+# train the tiny 1-stage H-Net for DEMO_MINUTES on this machine, then sample from it.
+DEMO_MINUTES ?= 5
 demo: $(BIN)/hnet
-	$(BIN)/hnet demo
+	$(BIN)/hnet verify tests/fixtures/official/tiny_1stage tests/fixtures/official/tiny_2stage
+	$(BIN)/hnet data prepare english
+	rm -rf runs/demo
+	$(BIN)/hnet train configs/tiny_1stage.yaml --max-minutes $(DEMO_MINUTES) --out runs/demo
+	$(BIN)/hnet generate --model runs/demo --prompt "The kernel" --max-bytes 200 --seed 0
 
 test: $(BIN)/hnet
 	$(BIN)/ruff check src tests benchmarks
