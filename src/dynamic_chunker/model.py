@@ -122,6 +122,15 @@ class HNet(nn.Module):
         combined = (straight_through(upcast(upsampled), upcast(routing.selected_probs)) + residual).to(x.dtype)
         return self.decoder(combined, segments, cache.decoder)[..., :d_in], [routing, *inner_routing]
 
+    def stacks(self):
+        """(stage index, stack) for every layer stack of this stage and the stages inside it, outermost first."""
+        if self.is_innermost:
+            yield self.stage, self.main_network
+            return
+        yield self.stage, self.encoder
+        yield self.stage, self.decoder
+        yield from self.main_network.stacks()
+
     def widen(self, x: torch.Tensor) -> torch.Tensor:
         """(..., D_prev) -> (..., D): append the learned ``pad_dimension`` when this stage is wider than the last."""
         if self.pad_dimension is None:
@@ -323,14 +332,8 @@ class HNetForCausalLM(nn.Module):
         unknown = [s for s in stages if not isinstance(s, int) or not 0 <= s < self.config.num_stages]
         if unknown:
             raise ValueError(f"stages must be in 0..{self.config.num_stages - 1}, got {unknown}")
-        stage = self.backbone
-        while True:
-            stacks = [stage.main_network] if stage.is_innermost else [stage.encoder, stage.decoder]
-            for stack in stacks:
-                stack.gradient_checkpointing = enabled and stage.stage in stages
-            if stage.is_innermost:
-                break
-            stage = stage.main_network
+        for stage, stack in self.backbone.stacks():
+            stack.gradient_checkpointing = enabled and stage in stages
 
     def ratio_losses(self, output: HNetOutput, targets: list[float]) -> list[torch.Tensor]:
         """One ratio loss per chunking stage (outermost first) with target bytes-per-chunk N per stage."""
@@ -442,17 +445,11 @@ def init_weights(model: HNetForCausalLM, std: float = 0.02) -> None:
     nn.init.normal_(model.embeddings.weight, std=1.0)
     if not model.config.tie_embeddings:
         nn.init.normal_(model.lm_head.weight, std=std)
-    stage = model.backbone
-    while True:
-        stacks = [stage.main_network] if stage.is_innermost else [stage.encoder, stage.decoder]
-        for stack in stacks:
-            for name, module in stack.named_modules():
-                if isinstance(module, nn.Linear):
-                    scale = math.sqrt(heights[stage.stage]) if name.endswith(("out_proj", "fc2")) else 1.0
-                    nn.init.normal_(module.weight, std=std / scale)
-        if stage.is_innermost:
-            break
-        stage = stage.main_network
+    for stage, stack in model.backbone.stacks():
+        for name, module in stack.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = math.sqrt(heights[stage]) if name.endswith(("out_proj", "fc2")) else 1.0
+                nn.init.normal_(module.weight, std=std / scale)
 
 
 def parameter_groups(model: HNetForCausalLM, lr_multipliers: list[float], weight_decay: float) -> list[dict]:
