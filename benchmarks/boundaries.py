@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from decode_throughput import calibrate_routing, load_average, machine
+from decode_throughput import calibrate_routing, load_average, machine, write_report
 from mfu import matmul_rate
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
@@ -194,10 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     text = "\n".join(lines)
-    print("\n" + text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
+    write_report(text, args.output)
 
 
 if __name__ == "__main__":

@@ -25,17 +25,17 @@ import numpy as np
 import torch
 import torch._dynamo
 import torch.nn.functional as F
-from decode_throughput import calibrate_routing, load_average, machine
+from decode_throughput import calibrate_routing, load_average, machine, write_report
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.evaluation.flops import default_compression
+from dynamic_chunker.reference import RATIO_LOSS_WEIGHT
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_CONFIG = ROOT / "configs" / "models" / "tiny_2stage.json"
 DEFAULT_TEXTS = [ROOT / "data" / "english" / "val.bin", Path("/usr/share/common-licenses/GPL-3")]
 DEFAULT_OUTPUT = HERE / "results" / "compile_cpu.md"
-RATIO_LOSS_WEIGHT = 0.03
 
 
 def windows(path: Path, length: int, count: int) -> list[torch.Tensor]:
@@ -140,10 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     text = "\n".join(lines)
-    print("\n" + text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
+    write_report(text, args.output)
 
 
 if __name__ == "__main__":

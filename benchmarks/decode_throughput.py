@@ -101,6 +101,14 @@ def machine(device: str) -> str:
     return f"{os.cpu_count()} CPUs, {cpu}, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
 
 
+def write_report(text: str, path: Path) -> None:
+    """Print a benchmark's table and save it (UTF-8) under benchmarks/results/."""
+    print("\n" + text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+
+
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
 
@@ -225,9 +233,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     table = report(args, config, params, text, rows, loads, time.perf_counter() - begin)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
-    print(table)
+    write_report(table, args.output)
 
 
 if __name__ == "__main__":

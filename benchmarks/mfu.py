@@ -33,17 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from decode_throughput import calibrate_routing, load_average, machine
+from decode_throughput import calibrate_routing, load_average, machine, write_report
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM, parameter_groups
 from dynamic_chunker.evaluation.flops import default_compression, training_flops_per_byte
+from dynamic_chunker.reference import RATIO_LOSS_WEIGHT
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_CONFIGS = [ROOT / "configs" / "models" / "tiny_2stage.json", ROOT / "configs" / "models" / "small_2stage.json"]
 DEFAULT_TEXTS = [ROOT / "data" / "english" / "val.bin", Path("/usr/share/common-licenses/GPL-3")]
 DEFAULT_OUTPUT = HERE / "results" / "mfu_cpu.md"
-RATIO_LOSS_WEIGHT = 0.03
 
 
 def matmul_rate(dtype: torch.dtype, size: int, repeats: int) -> float:
@@ -216,10 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, table in profiles.items():
         lines += [f"## Profile: one float32 training step of {name}", "", "```", table, "```", ""]
     text = "\n".join(lines)
-    print("\n" + text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
+    write_report(text, args.output)
 
 
 if __name__ == "__main__":

@@ -57,16 +57,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from decode_throughput import write_report
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.evaluation.flops import default_compression, forward_flops_per_byte, training_flops_per_byte
 from dynamic_chunker.layers.segments import Segments
+from dynamic_chunker.reference import RATIO_LOSS_WEIGHT
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "configs" / "hnet_2stage_bench.json"
 DEFAULT_OUTPUT = HERE / "results" / "train_throughput_cpu.md"
 DEFAULT_TEXTS = [Path("/usr/share/common-licenses/GPL-3"), HERE.parent / "README.md"]
-RATIO_LOSS_WEIGHT = 0.03
 SEED = 0
 
 
@@ -462,10 +463,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
     command = "python " + " ".join([str(Path(sys.argv[0])), *(sys.argv[1:] if argv is None else argv)])
     text = report(args, hnet, iso, rows, command.strip(), [*loads, load_average()], [*code, code_version()])
-    print("\n" + text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
+    write_report(text, args.output)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ TINY = OFFICIAL / "tiny_2stage" / "config.json"
 
 @pytest.fixture(scope="module")
 def bench():
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling benchmark helpers, as when run directly
     spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
