@@ -26,13 +26,7 @@ from .conftest import FIXTURES, OFFICIAL
 TINY = OFFICIAL / "tiny_2stage"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are many small ops; on a busy 2-core machine, thread synchronisation would dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(tie_embeddings: bool = False) -> HNetForCausalLM:

@@ -9,14 +9,7 @@ from dynamic_chunker.reference import load_reference
 
 from .conftest import OFFICIAL
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Decoding is many tiny ops; on a busy 2-core machine, thread synchronisation would dominate their run time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(chunking_stages: int) -> HNetConfig:

@@ -175,15 +175,6 @@ def test_uint8_and_int32_byte_ids_work_like_int64():
 
 
 # ----------------------------------------------------------------------------------------------- gradients
-@pytest.fixture
-def one_thread():
-    """gradcheck runs hundreds of forwards of a tiny model: one thread is faster and immune to busy CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gradcheck_setup(stages: int, seed: int, length: int = 14):
     """A float64 model and inputs (two rows: packed documents / right padding) with no p within 1e-3 of 0.5."""
     model = tiny_model(stages, seed=seed, dtype=torch.float64, width=8, headdim=4, windows=(3, 2, 2))
