@@ -11,12 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import kernels
 from .layers.cache import valid_lengths
 from .layers.mamba2 import RESET_LOG_DECAY, chunked_scan
 from .layers.precision import compute_dtype, upcast
 from .layers.segments import Segments
 
 EMA_CLAMP = 1e-4  # P = clamp(p, 1e-4, 1 - 1e-4) inside the dechunk EMA, as in the official code
+# Tiles and head width of the EMA when it runs through the optional SSD kernel (the official code's choice).
+EMA_KERNEL_CHUNK = 256
+EMA_KERNEL_HEAD_DIM = 32
 
 
 @dataclass
@@ -118,15 +122,37 @@ def ema(values: torch.Tensor, prob: torch.Tensor, starts: torch.Tensor | None, c
     Runs as a one-state linear recurrence through the chunked scan, in float32 (float64 stays float64).
     """
     dtype = torch.promote_types(values.dtype, torch.float32)
-    prob = prob.to(dtype)
+    prob, values = prob.to(dtype), values.to(dtype)
     log_decay = torch.log1p(-prob)
+    if kernels.applies("ssd_scan", values):
+        return _ema_kernel(values, prob, -log_decay, starts)
     if starts is not None:
         log_decay = log_decay.masked_fill(starts, RESET_LOG_DECAY)
     ones = prob.new_ones(*prob.shape, 1)
-    out, _ = chunked_scan(
-        (prob[..., None] * values.to(dtype))[:, :, None], log_decay[..., None], ones, ones, chunk_size
-    )
+    out, _ = chunked_scan((prob[..., None] * values)[:, :, None], log_decay[..., None], ones, ones, chunk_size)
     return out[:, :, 0]
+
+
+def _ema_kernel(
+    values: torch.Tensor, prob: torch.Tensor, dt: torch.Tensor, starts: torch.Tensor | None
+) -> torch.Tensor:
+    """The EMA as an SSD scan for the optional kernel, for P in (0, 1): A = -1 and dt = -log(1 - P) give the decay
+    1 - P; B = P / dt (in (0, 1]) makes the input dt * v * B = P v. Heads of EMA_KERNEL_HEAD_DIM channels.
+    """
+    b, m, d = values.shape
+    head_dim = EMA_KERNEL_HEAD_DIM if d % EMA_KERNEL_HEAD_DIM == 0 else d
+    heads = d // head_dim
+    scanned = kernels.ssd_scan(
+        values.reshape(b, m, heads, head_dim),
+        dt[..., None].expand(b, m, heads).contiguous(),
+        -torch.ones(heads, dtype=dt.dtype, device=dt.device),
+        (prob / dt)[..., None],
+        torch.ones_like(prob)[..., None],
+        None,
+        EMA_KERNEL_CHUNK,
+        starts,
+    )
+    return scanned[0].reshape(b, m, d)
 
 
 class DeChunkLayer(nn.Module):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .cache import KVCache, valid_lengths
 from .segments import Segments
 
@@ -96,14 +97,19 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             cache.prefill(k, v, valid_lengths(segments, b, l, x.device))
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        out = kernels.attention(q, k, v, self.window_size, segments.starts)  # (b, l, h, d_h) or None
+        if out is None:
+            out = self._attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), segments).transpose(1, 2)
+        return self.out_proj(out.reshape(b, l, d))
+
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments) -> torch.Tensor:
+        """The pure-PyTorch attention over (b, h, l, d_h)."""
+        l = q.shape[2]
         if 0 <= self.window_size < l - 1:  # the window hides some keys: attend block by block
             doc_ids = segments.doc_ids if segments.starts is not None else None
-            out = windowed_attention(q, k, v, self.window_size, doc_ids)
-        else:
-            mask = attention_mask(l, self.window_size, segments, x.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-        return self.out_proj(out.transpose(1, 2).reshape(b, l, d))
+            return windowed_attention(q, k, v, self.window_size, doc_ids)
+        mask = attention_mask(l, self.window_size, segments, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
 
     # ------------------------------------------------------------------ decoding
     def allocate_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> KVCache:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .cache import MambaCache, valid_lengths
 from .norm import GatedRMSNorm
 from .precision import compute_dtype
@@ -202,20 +203,27 @@ class Mamba2(nn.Module):
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
         if cache is not None:
             self._prefill_conv(xBC, valid_lengths(segments, b, l, u.device), cache)
-        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts))
-        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        convolved = kernels.conv_silu(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts)
+        if convolved is None:
+            convolved = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts))
+        x, B, C = torch.split(convolved, [self.d_inner, self.d_state, self.d_state], dim=-1)
         fp = compute_dtype(u.dtype)
         dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
         if cache is not None and segments.mask is not None:
             dt = dt * segments.mask[..., None]  # dt = 0 on padding: the state stays as each row's last position left it
-        log_decay = dt * -torch.exp(self.A_log.to(fp))
-        if segments.starts is not None:
-            log_decay = log_decay.masked_fill(segments.starts[..., None], RESET_LOG_DECAY)
+        A = -torch.exp(self.A_log.to(fp))
         x = x.reshape(b, l, self.nheads, self.headdim)
-        y, final_state = chunked_scan(x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.scan_tile(u))
+        scanned = kernels.ssd_scan(x, dt, A, B, C, self.D, self.chunk_size, segments.starts, cache is not None)
+        if scanned is None:
+            log_decay = dt * A
+            if segments.starts is not None:
+                log_decay = log_decay.masked_fill(segments.starts[..., None], RESET_LOG_DECAY)
+            y, final_state = chunked_scan(x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.scan_tile(u))
+            y = y + x.to(fp) * self.D.to(fp)[:, None]
+        else:
+            y, final_state = scanned
         if cache is not None:
             cache.ssm.copy_(final_state.detach())
-        y = y + x.to(fp) * self.D.to(fp)[:, None]
         y = self.norm(y.reshape(b, l, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)
 
