@@ -109,3 +109,62 @@ def test_boundaries_bad_input_is_a_clear_error():
         model.boundaries(torch.tensor([[0, 300]]))
     with pytest.raises(ValueError, match="right-padded"):
         model.boundaries(torch.zeros(1, 3, dtype=torch.long), mask=torch.tensor([[True, False, True]]))
+
+
+# ---------------------------------------------------------------- evaluation: find, score and mark boundaries
+def test_find_boundaries_windows_equal_one_call_per_window():
+    from dynamic_chunker.evaluation.boundaries import find_boundaries
+
+    model = official_tiny_2stage()
+    data = bytes(random_bytes(300, seed=3)[0].tolist())
+    starts = find_boundaries(model, data, window=128, batch_size=2)  # two full windows batched, a 44-byte tail
+    assert len(starts) == 2 and all(s.shape == (300,) and s.dtype == torch.bool for s in starts)
+    for first in (0, 128, 256):
+        piece = torch.tensor(list(data[first : first + 128])).unsqueeze(0)
+        alone = model.boundaries(piece)
+        for stage in range(2):
+            assert torch.equal(starts[stage][first : first + 128], alone.chunk_starts(stage)[0])
+    assert starts[1].sum() <= starts[0].sum()  # stage-1 chunks start at stage-0 chunk starts
+    assert not (starts[1] & ~starts[0]).any()
+
+
+def test_scores_against_word_starts_by_hand():
+    from dynamic_chunker.evaluation.boundaries import forced_starts, score_boundaries
+
+    data = b"ab cd  ef\ng"
+    #        0123456789 10: after whitespace = {3, 6, 7, 10}; at whitespace = {2, 5, 6, 9}; word starts = {0, 3, 7, 10}
+    starts = torch.zeros(len(data), dtype=torch.bool)
+    starts[[0, 3, 5, 7]] = True
+    scores = {s.reference: s for s in score_boundaries(data, starts, exclude=forced_starts(len(data), window=64))}
+    after, at, word = scores["after whitespace"], scores["at whitespace"], scores["word start"]
+    assert (after.precision, after.recall, after.base_rate) == (2 / 3, 2 / 4, 4 / 10)
+    assert (at.precision, at.recall) == (1 / 3, 1 / 4)
+    assert (word.precision, word.recall) == (2 / 3, 2 / 3)
+    with pytest.raises(ValueError, match="one flag per byte"):
+        score_boundaries(data, starts[:-1])
+
+
+def test_marked_text_keeps_characters_whole():
+    from dynamic_chunker.evaluation.boundaries import mark_boundaries
+
+    data = "añb 中文".encode()
+    starts = torch.zeros(len(data), dtype=torch.bool)
+    starts[[0, 2, 4, 9]] = True  # 2: inside ñ, 4: the space, 9: inside 文 -> marks before ñ, the space and 文
+    assert mark_boundaries(data, starts) == "a|ñb| 中|文"
+    assert mark_boundaries(data, starts, marker="/") == "a/ñb/ 中/文"
+
+
+def test_hnet_boundaries_command(tmp_path, capsys):
+    from dynamic_chunker.cli import main
+
+    model = official_tiny_2stage()
+    model.save_pretrained(tmp_path / "model")
+    text = tmp_path / "text.txt"
+    text.write_text("The kernel schedules tasks. " * 20, encoding="utf-8")
+    assert main(["boundaries", "--model", str(tmp_path / "model"), "--file", str(text), "--window", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 0:" in out and "stage 1:" in out and "| after whitespace |" in out and "The" in out
+    assert main(["boundaries", "--model", str(tmp_path / "model"), "--text", ""]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(["boundaries", "--model", str(tmp_path / "model")]) == 2
+    assert "exactly one of" in capsys.readouterr().err

@@ -105,6 +105,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_boundaries(args: argparse.Namespace) -> int:
+    from .checkpoints import from_pretrained
+    from .evaluation.boundaries import find_boundaries, forced_starts, mark_boundaries, score_boundaries, score_table
+
+    sources = [args.text is not None, args.file is not None, args.corpus is not None]
+    if sum(sources) != 1:
+        raise ValueError("give exactly one of --text, --file or --corpus")
+    if args.text is not None:
+        data = args.text.encode("utf-8")
+    elif args.file is not None:
+        data = Path(args.file).read_bytes()
+    else:
+        from .data import PreparedCorpus
+        from .data.corpus import BOS
+
+        split = PreparedCorpus(args.corpus).split("val")
+        data = bytes(split.data[: args.max_bytes]).replace(bytes([BOS]), b"\n")  # documents joined by newlines
+    data = data[: args.max_bytes]
+    if not data:
+        raise ValueError("the text to chunk is empty")
+    model = from_pretrained(args.model, config=args.config, dtype=args.dtype, device=args.device).eval()
+    starts = find_boundaries(model, data, window=args.window)
+    forced = forced_starts(len(data), args.window)
+    for stage, stage_starts in enumerate(starts):
+        chunks = int(stage_starts.sum())
+        print(
+            f"stage {stage}: {chunks:,} chunks over {len(data):,} bytes ({len(data) / max(chunks, 1):.2f} bytes/chunk)"
+        )
+        if stage == 0:
+            print(score_table(score_boundaries(data, stage_starts, exclude=forced)))
+        if args.show:
+            print(mark_boundaries(data[: args.show], stage_starts[: args.show], marker=args.marker))
+        print()
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoints import convert
 
@@ -202,6 +238,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
+        "boundaries",
+        help="show where a model puts its chunk boundaries, and score them against word starts",
+        description="Run the encoders and routers of a model over a text and print every stage's chunks, the text with "
+        "a marker before each chunk, and (stage 0) precision/recall of the boundaries against positions that follow "
+        "whitespace, the whitespace itself and starts of alphanumeric runs. Text is cut into independent windows.",
+    )
+    p.add_argument("--model", required=True, help="model folder (e.g. runs/tiny_1stage), checkpoint file or Hub id")
+    p.add_argument("--config", help="config JSON (default: config.json next to the weights, or the released config)")
+    p.add_argument("--text", help="text to chunk")
+    p.add_argument("--file", help="file to chunk (its bytes)")
+    p.add_argument("--corpus", help="prepared corpus folder: chunk the start of its validation split")
+    p.add_argument("--max-bytes", type=int, default=200_000, help="chunk at most this many bytes (default 200000)")
+    p.add_argument("--window", type=int, default=8192, help="bytes per independent window (default 8192)")
+    p.add_argument("--show", type=int, default=600, help="print the first SHOW bytes with boundaries marked (0: none)")
+    p.add_argument("--marker", default="|", help="marker printed before each chunk (default |)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps (default cpu)")
+    p.set_defaults(func=cmd_boundaries)
+
+    p = sub.add_parser(
         "convert",
         help="convert a checkpoint: official .pt <-> folder with config.json + model.safetensors",
         description="SOURCE is a folder, a .pt/.safetensors file or a Hub id. DESTINATION ending in .pt gets an "
@@ -218,7 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides (key=value) may come after options too: ``hnet train c.yaml --max-minutes 5 optimizer.lr=1e-3``
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
