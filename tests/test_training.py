@@ -413,3 +413,16 @@ def test_ratio_loss_drives_compression_toward_target(tmp_path, corpus, target):
     before = trainer.evaluate()["val_compression_0"]
     after = trainer.run(progress=False).evals[-1]["val_compression_0"]
     assert abs(before - target) > 1.5 and abs(after - target) < 0.1 * target, (before, after)
+
+
+def test_cli_overrides_may_follow_options(monkeypatch):
+    import dynamic_chunker.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(vars(args)) or 0)
+    assert cli.main(["train", "c.yaml", "a.b=1", "--max-minutes", "5", "optimizer.lr=1e-3", "--no-progress"]) == 0
+    assert seen["overrides"] == ["a.b=1", "optimizer.lr=1e-3"] and seen["max_minutes"] == 5
+    with pytest.raises(SystemExit):
+        cli.main(["train", "c.yaml", "--bogus"])
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--model", "m", "--prompt", "p", "a=b"])
