@@ -245,3 +245,55 @@ def test_attention_under_autocast_gets_half_inputs(fakes, monkeypatch):
     attention_calls = calls_named("attention")
     assert attention_calls and all(args["q"].dtype == torch.bfloat16 for args in attention_calls)
     assert calls_named("ssd_scan") and calls_named("conv1d")
+
+
+# ---------------------------------------------------------------------------------------------- real kernels (GPU)
+def real_kernels_or_skip():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    kernels.available.cache_clear()
+    found = kernels.available()
+    if None in (found.ssd_scan, found.conv1d, found.attention, found.attention_varlen):
+        pytest.skip("needs mamba_ssm, causal_conv1d and flash_attn (pip install -e '.[gpu]')")
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_real_kernels_match_the_pure_layers_on_cuda(packed):
+    """Mamba-2 (float32; the kernels' tf32 products allow ~1e-3), attention (bf16) and the dechunk EMA, outputs and
+    input gradients, with and without document starts (seq_idx / cu_seqlens)."""
+    real_kernels_or_skip()
+    from dynamic_chunker.chunking import ema
+    from dynamic_chunker.layers.attention import CausalSelfAttention
+
+    torch.manual_seed(0)
+    device, length = torch.device("cuda"), 600
+    starts = torch.zeros(2, length, dtype=torch.bool, device=device)
+    if packed:
+        starts[0, 100] = starts[1, 7] = starts[1, 300] = starts[1, 301] = True
+    segments = Segments(starts=starts if packed else None)
+    mamba = Mamba2(128, d_state=64, headdim=64, chunk_size=256, device=device)
+    attention = CausalSelfAttention(128, 2, 32, window_size=63, device=device, dtype=torch.bfloat16)
+    u = torch.randn(2, length, 128, device=device)
+    values, prob = torch.randn(2, length, 96, device=device), torch.rand(2, length, device=device) * 0.9 + 0.05
+    cases = [
+        ("mamba", lambda t: mamba(t, segments), u, 2e-3),
+        ("attention", lambda t: attention(t, segments), u.bfloat16(), 2e-2),
+        ("ema", lambda t: ema(t, prob, segments.starts), values, 2e-3),
+    ]
+    for name, layer, x, tolerance in cases:
+        results = []
+        for enabled in (True, False):
+            kernels.usage.clear()
+            x_in = x.clone().requires_grad_()
+            with kernels.use_kernels(enabled):
+                out = layer(x_in)
+            out.float().square().mean().backward()
+            results.append((out.detach(), x_in.grad))
+            assert bool(kernels.usage) == enabled, name
+        (fast, fast_grad), (pure, pure_grad) = results
+        assert relative_error(fast, pure) < tolerance, name
+        assert relative_error(fast_grad, pure_grad) < 5 * tolerance, name
