@@ -1,6 +1,6 @@
 """Training throughput and MFU on one GPU, with and without the optional kernels, and parity of the two paths.
 
-In one run (under 5 minutes on one GPU by default) the script
+In one run (sized for under 5 minutes on one GPU: ``--budget-s`` stops starting further configs) the script
 
 * measures the bf16 matrix-multiply rate of a large ``torch.mm`` (``--mm-size`` squared, best of ``--mm-repeats``);
 * for each model config (``configs/models/small_2stage.json``, then ``benchmarks/configs/hnet_2stage_gpu.json`` if
@@ -177,7 +177,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--text", type=Path, default=next((p for p in DEFAULT_TEXTS if p.is_file()), None))
     parser.add_argument("--length", type=int, default=8192, help="bytes per training sequence")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=4,
+        help="sequences per step (the pure path at 8 x 8K bytes may not fit the larger config)",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (kernel compilation and autotuning)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per model and path")
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -245,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as error:  # report a failing path and go on with the other one
                 r = {"error": f"{type(error).__name__}: {error}"}
             results.append({"config": path.stem, "params": params, "kernels": use, **r})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # after an out-of-memory failure too, for the next run
             print(f"{path.stem} {PATHS[use]}: " + summary(results[-1], rate), flush=True)
         model.load_state_dict(weights)
         for bf16 in (False, True):
