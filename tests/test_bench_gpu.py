@@ -35,7 +35,7 @@ def test_smoke_run_on_cpu_with_fake_kernels(bench, monkeypatch, tmp_path):
     install(monkeypatch, on_cpu=True)
     try:
         output = tmp_path / "gpu.md"
-        assert bench.main(["--smoke", "--device", "cpu", "--length", "128", "--output", str(output)]) == 0
+        assert bench.main(["--smoke", "--device", "cpu", "--length", "64", "--output", str(output)]) == 0
     finally:
         kernels.available.cache_clear()
     text = output.read_text()
