@@ -167,13 +167,13 @@ def attention(
 
     Under autocast to a half dtype, float32 inputs are cast to it, as F.scaled_dot_product_attention does.
     """
-    kernels = available()
+    found = available()
     dtype = _autocast_half_dtype(q) or q.dtype
     head_dim = q.shape[-1]
     if not (
         _enabled
-        and kernels.attention is not None
-        and (starts is None or kernels.attention_varlen is not None)
+        and found.attention is not None
+        and (starts is None or found.attention_varlen is not None)
         and all(t.device.type in KERNEL_DEVICES for t in (q, k, v))
         and dtype in SUPPORTED_DTYPES["attention"]
         and head_dim % 8 == 0
@@ -184,7 +184,7 @@ def attention(
     window_size = (window, 0) if window >= 0 else (-1, -1)
     if starts is None:
         usage["attention"] += 1
-        return kernels.attention(q, k, v, causal=True, window_size=window_size)
+        return found.attention(q, k, v, causal=True, window_size=window_size)
     # documents laid end to end: row starts and marked starts begin one
     b, l, h, d = q.shape
     new_document = starts.clone()
@@ -193,7 +193,7 @@ def attention(
     cu_seqlens = torch.cat([first, first.new_tensor([b * l])]).to(torch.int32)
     longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     usage["attention_varlen"] += 1
-    out = kernels.attention_varlen(
+    out = found.attention_varlen(
         *(t.reshape(b * l, h, d) for t in (q, k, v)),
         cu_seqlens,
         cu_seqlens,
