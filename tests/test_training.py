@@ -158,6 +158,11 @@ def test_overrides_and_yaml_numbers(tmp_path, corpus):
         ({"train": {"steps": 6, "batch_size": 4, "dtype": "fp16"}}, ValueError, "train.dtype must be one of"),
         ({"model": "no/such/model.json"}, FileNotFoundError, "model config no/such/model.json not found"),
         ({"model": {"arch_layout": ["m1"], "d_model": [32, 48]}}, ValueError, "model (inline): d_model has 2"),
+        (
+            {"train": {"steps": 6, "batch_size": 4, "gradient_checkpointing": [2]}},
+            ValueError,
+            "train.gradient_checkpointing stages must be in 0..1",
+        ),
     ],
 )
 def test_malformed_configs_give_clear_errors(tmp_path, corpus, change, error, message):
@@ -247,6 +252,29 @@ def test_training_lowers_the_loss(tmp_path, corpus):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
     assert result.evals[-1]["val_bpb"] < 6.5  # from about 8 bits (uniform over bytes) at initialisation
     assert all(row["lr"] > 0 for row in result.history)
+
+
+def test_gradient_checkpointing_trains_identically(tmp_path, corpus, monkeypatch):
+    import dynamic_chunker.layers.stack as stack
+
+    recomputed = []
+    original = stack.checkpoint
+    monkeypatch.setattr(
+        stack, "checkpoint", lambda layer, *a, **k: recomputed.append(layer) or original(layer, *a, **k)
+    )
+
+    def losses(checkpointing) -> list[float]:
+        recomputed.clear()
+        sections = {"train": {"steps": 3, "gradient_checkpointing": checkpointing}, "eval": {"every": 0}}
+        config = config_from_dict(tiny_config(corpus, tmp_path / str(checkpointing), two_stage=True, **sections))
+        return [row["loss"] for row in train(config, progress=False).history]
+
+    plain = losses(False)
+    assert not recomputed
+    assert losses(True) == pytest.approx(plain, rel=1e-6)
+    every_stage = len(recomputed)
+    assert losses([1]) == pytest.approx(plain, rel=1e-6)
+    assert 0 < len(recomputed) < every_stage
 
 
 def test_two_stage_training_runs_and_writes_every_output(tmp_path, corpus, capsys):

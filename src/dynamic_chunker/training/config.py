@@ -61,6 +61,9 @@ class TrainSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0  # model initialisation
     max_minutes: float | None = None  # wall-clock budget; the schedule then runs on elapsed time
+    # recompute each layer in the backward pass instead of storing activations (long sequences, small GPUs):
+    # false, true (every stage) or a list of stage indices (0 = outermost)
+    gradient_checkpointing: bool | list[int] = False
 
 
 @dataclass
@@ -150,6 +153,12 @@ class TrainConfig:
         _require(
             t.max_minutes is None or t.max_minutes > 0, f"train.max_minutes must be > 0 or null, got {t.max_minutes}"
         )
+        if isinstance(t.gradient_checkpointing, list):
+            _require(
+                all(0 <= i < model.num_stages for i in t.gradient_checkpointing),
+                f"train.gradient_checkpointing stages must be in 0..{model.num_stages - 1} (0 = outermost), "
+                f"got {t.gradient_checkpointing}; or write true for every stage",
+            )
         _require(self.eval.every >= 0 and self.checkpoint.every >= 0, "eval.every and checkpoint.every must be >= 0")
         _require(self.eval.windows >= 1 and self.eval.batch_size >= 1, "eval.windows and eval.batch_size must be >= 1")
 

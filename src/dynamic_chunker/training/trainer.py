@@ -114,6 +114,9 @@ class Trainer:
         checkpoint = self._checkpoint_to_resume(resume)
         torch.manual_seed(cfg.train.seed)
         self.model = HNetForCausalLM(self.model_config, device=rt.device)
+        if cfg.train.gradient_checkpointing not in (False, []):
+            stages = None if cfg.train.gradient_checkpointing is True else cfg.train.gradient_checkpointing
+            self.model.set_gradient_checkpointing(True, stages)
         groups = parameter_groups(self.model, config.lr_multipliers(), cfg.optimizer.weight_decay)
         for group in groups:
             group["lr"] = cfg.optimizer.lr * group["lr_multiplier"]
