@@ -271,7 +271,7 @@ def code_version() -> str:
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
     changed = git("status", "--porcelain", "--untracked-files=no", "--", "src").splitlines()
-    files = ", ".join(line[3:] for line in changed)
+    files = ", ".join(line.split(None, 1)[1] for line in changed)  # "XY path"; git() strips the first line
     return f"commit {commit}" + (f" with uncommitted changes in {files}" if files else "")
 
 
