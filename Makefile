@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-peer clean
 
 $(BIN)/hnet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,19 @@ test: $(BIN)/hnet
 
 bench: $(BIN)/hnet
 	$(BIN)/python benchmarks/train_throughput.py
+
+# Against the pure-PyTorch peer package on PyPI; it is installed only into its own venv, never into .venv.
+PEER ?= h-net-dynamic-chunking==0.5.19
+PEER_VENV := .venv-peer
+$(PEER_VENV)/peer-installed: pyproject.toml
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet "$(TORCH)"
+	$(PEER_VENV)/bin/pip install --quiet -e .
+	$(PEER_VENV)/bin/pip install --quiet "$(PEER)"
+	touch $@
+
+bench-peer: $(PEER_VENV)/peer-installed
+	$(PEER_VENV)/bin/python benchmarks/peer.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
