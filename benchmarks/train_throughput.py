@@ -322,7 +322,7 @@ def report(
         "Code: " + (code[0] if code[0] == code[1] else f"{code[0]} at the start, {code[1]} at the end"),
         "",
         f"Machine: {machine(rows[0]['hnet']['threads'])}; load average before / after: {loads[0]} / {loads[1]} "
-        "(other processes shared the cores)",
+        "(the benchmark itself accounts for about 1 per busy thread)",
         "",
         f"Text: `{args.text}` repeated to length; batch 1; forward + backward (no optimizer step); "
         f"{args.warmup} warm-up iteration(s), then at least {args.min_iters} timed iterations and {args.min_time:g} s "
