@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from decode_throughput import load_average, machine, text_rows, write_report
-from mfu import build
+from mfu import build, training_step
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM, parameter_groups
 from dynamic_chunker.evaluation.flops import default_compression, training_flops_per_byte
@@ -71,19 +71,6 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: in
 
 def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def training_step(model: HNetForCausalLM, optimizer, ids: torch.Tensor, targets: list[float], bf16: bool):
-    """One forward + backward + AdamW step under bf16 autocast; returns the number of chunks of every stage."""
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(ids.device, bf16):
-        out = model(ids[:, :-1])
-        loss = F.cross_entropy(out.logits.float().flatten(0, 1), ids[:, 1:].flatten())
-        if out.routing:
-            loss = loss + RATIO_LOSS_WEIGHT * sum(model.ratio_losses(out, targets))
-    loss.backward()
-    optimizer.step()
-    return [int(r.boundary_mask.sum()) for r in out.routing]
 
 
 def measure(model: HNetForCausalLM, ids: torch.Tensor, targets: list[float], args, use: bool) -> dict:

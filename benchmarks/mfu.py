@@ -79,7 +79,7 @@ def build(config: HNetConfig, ids: torch.Tensor, targets: list[float], calibrate
 def training_step(model: HNetForCausalLM, optimizer, ids: torch.Tensor, targets: list[float], bf16: bool):
     """One forward + backward + AdamW step; returns the number of chunks of every stage."""
     optimizer.zero_grad(set_to_none=True)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with autocast:
         out = model(ids[:, :-1])
         loss = F.cross_entropy(out.logits.float().flatten(0, 1), ids[:, 1:].flatten())

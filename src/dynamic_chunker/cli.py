@@ -148,6 +148,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of every subcommand that loads a model with ``from_pretrained``."""
+    p.add_argument("--model", required=True, help="model folder (e.g. runs/tiny_1stage), checkpoint file or Hub id")
+    p.add_argument("--config", help="config JSON (default: config.json next to the weights, or the released config)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps (default cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hnet",
@@ -224,8 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cartesia-ai/hnet_2stage_XL) and continue the prompt. The prompt is preceded by BOS (byte 254); "
         "generation stops at EOS (byte 255) or after --max-bytes bytes.",
     )
-    p.add_argument("--model", required=True, help="model folder, checkpoint file or Hub id")
-    p.add_argument("--config", help="config JSON (default: config.json next to the weights, or the released config)")
+    add_model_arguments(p)
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-bytes", type=int, default=1024, help="most bytes to generate (default 1024)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
@@ -233,8 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0 = off)")
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     p.add_argument("--greedy", action="store_true", help="always take the most likely byte")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps (default cpu)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -244,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a marker before each chunk, and (stage 0) precision/recall of the boundaries against positions that follow "
         "whitespace, the whitespace itself and starts of alphanumeric runs. Text is cut into independent windows.",
     )
-    p.add_argument("--model", required=True, help="model folder (e.g. runs/tiny_1stage), checkpoint file or Hub id")
-    p.add_argument("--config", help="config JSON (default: config.json next to the weights, or the released config)")
+    add_model_arguments(p)
     p.add_argument("--text", help="text to chunk")
     p.add_argument("--file", help="file to chunk (its bytes)")
     p.add_argument("--corpus", help="prepared corpus folder: chunk the start of its validation split")
@@ -253,8 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=8192, help="bytes per independent window (default 8192)")
     p.add_argument("--show", type=int, default=600, help="print the first SHOW bytes with boundaries marked (0: none)")
     p.add_argument("--marker", default="|", help="marker printed before each chunk (default |)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps (default cpu)")
     p.set_defaults(func=cmd_boundaries)
 
     p = sub.add_parser(
