@@ -62,33 +62,47 @@ def text_rows(path: Path, batch: int, length: int) -> torch.Tensor:
     return torch.tensor([list(data[r * ROW_OFFSET : r * ROW_OFFSET + length]) for r in range(batch)])
 
 
-def set_router(router, u: torch.Tensor, g: float, hidden: torch.Tensor, segments: Segments) -> float:
-    """W_q = W_k = I + g u u^T; returns the fraction of positions of ``hidden`` the router then selects."""
-    weight = torch.eye(u.numel()) + g * torch.outer(u, u)
+def set_router(router, direction: torch.Tensor, strength: float, hidden: torch.Tensor, segments: Segments) -> int:
+    """W_q = W_k = I + strength * u u^T; returns how many positions the router then selects."""
+    weight = torch.eye(direction.numel()) + strength * torch.outer(direction, direction)
     router.q_proj_layer.weight.copy_(weight)
     router.k_proj_layer.weight.copy_(weight)
-    return router(hidden, segments).boundary_mask.float().mean().item()
+    return int(router(hidden, segments).boundary_mask.sum())
 
 
 @torch.no_grad()
-def calibrate_routing(model: HNetForCausalLM, ids: torch.Tensor, targets: list[float]) -> None:
-    """Set each stage's router so that it selects at most 1/N of its positions on ``ids`` (g found by bisection)."""
+def calibrate_routing(model: HNetForCausalLM, ids: torch.Tensor, targets: list[float]) -> dict[str, torch.Tensor]:
+    """Set every stage's router so that it selects 1/N of its positions on ``ids``; returns the routing weights.
+
+    Runs each encoder once (stage by stage, as ``HNet.forward`` does) and bisects the strength g of W_q = W_k =
+    I + g u u^T, u the unit mean of the encoder outputs. Larger g adds a shared component to adjacent q and k,
+    raising their cosine and lowering the boundary count. Aims at floor(positions / N) boundaries.
+    """
     x, segments, stage = model.embeddings(ids), Segments(), model.backbone
     for target in targets:
         if stage.pad_dimension is not None:
-            x = torch.cat([x, stage.pad_dimension.expand(*x.shape[:-1], -1)], dim=-1)
+            x = torch.cat([x, stage.pad_dimension.to(x.dtype).expand(*x.shape[:-1], -1)], dim=-1)
         hidden = stage.encoder(x, segments)
-        u = hidden.mean(dim=(0, 1))
-        args = (stage.routing_module, u / u.norm())
+        goal = math.floor(hidden.shape[0] * hidden.shape[1] / target)
+        mean = hidden.float().mean(dim=(0, 1))
+        args = (stage.routing_module, mean / mean.norm())
         low, high = 0.0, 1.0
-        while set_router(*args, high, hidden, segments) > 1 / target and high < 1e6:
+        selected = set_router(*args, high, hidden, segments)
+        while selected > goal:
             low, high = high, 2 * high
-        for _ in range(30):
+            if high > 1e6:
+                raise RuntimeError(f"cannot reach {target} bytes per chunk at stage {stage.stage} by calibration")
+            selected = set_router(*args, high, hidden, segments)
+        for _ in range(40):
+            if selected == goal:
+                break
             middle = (low + high) / 2
-            low, high = (middle, high) if set_router(*args, middle, hidden, segments) > 1 / target else (low, middle)
-        set_router(*args, high, hidden, segments)
+            count = set_router(*args, middle, hidden, segments)
+            low, high, selected = (middle, high, selected) if count > goal else (low, middle, count)
+        set_router(*args, high, hidden, segments)  # the smallest strength found with at least the target compression
         x, segments, _ = stage.chunk_layer(hidden, stage.routing_module(hidden, segments), segments)
         stage = stage.main_network
+    return {k: v.clone() for k, v in model.state_dict().items() if "routing_module" in k}
 
 
 def machine(device: str) -> str:

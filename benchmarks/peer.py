@@ -37,7 +37,7 @@ Compression. Both routers compute p = (1 - cos(q, k)) / 2 of adjacent projected 
 where p > 0.5. Random weights would give each model its own compression, and with it its own inner-network cost,
 so both are calibrated on the measured batch to N bytes per chunk: W_q = W_k = I + g u u^T (u the unit mean of the
 encoder outputs; the peer's ``to_queries_keys`` holds both halves), g bisected until floor(B L / N) positions are
-selected (``train_throughput.calibrate_routing`` for ours, the same bisection here for the peer). The realised
+selected (``decode_throughput.calibrate_routing`` for ours, the same bisection here for the peer). The realised
 bytes per chunk of the timed steps are reported.
 
 Time. Both models live in one process (``torch.set_num_threads(--threads)``, default 1); after ``--warmup`` steps
@@ -71,9 +71,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from decode_throughput import load_average, machine, write_report
+from decode_throughput import calibrate_routing, load_average, machine, write_report
 from torch import nn
-from train_throughput import calibrate_routing, code_version, peak_rss_bytes, reset_peak_rss
+from train_throughput import code_version, peak_rss_bytes, reset_peak_rss
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.reference import RATIO_LOSS_WEIGHT
@@ -170,7 +170,7 @@ def peer_router_count(chunker, hidden: torch.Tensor, u: torch.Tensor, g: float) 
 
 @torch.no_grad()
 def calibrate_peer(model: PeerLM, ids: torch.Tensor, target: float) -> None:
-    """The bisection of ``train_throughput.calibrate_routing`` for the peer's router (q and k share W)."""
+    """The bisection of ``decode_throughput.calibrate_routing`` for the peer's router (q and k share W)."""
     hidden = model.hnet.encoder(model.embeddings(ids))
     goal = math.floor(hidden.shape[0] * hidden.shape[1] / target)
     mean = hidden.mean(dim=(0, 1))

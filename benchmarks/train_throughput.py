@@ -57,11 +57,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from decode_throughput import write_report
+from decode_throughput import calibrate_routing, load_average, write_report
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.evaluation.flops import default_compression, forward_flops_per_byte, training_flops_per_byte
-from dynamic_chunker.layers.segments import Segments
 from dynamic_chunker.reference import RATIO_LOSS_WEIGHT
 
 HERE = Path(__file__).resolve().parent
@@ -117,49 +116,6 @@ def byte_text(path: Path, length: int) -> torch.Tensor:
         raise ValueError(f"text file {path} is empty")
     data = (data * math.ceil((length + 1) / len(data)))[: length + 1]
     return torch.tensor(list(data), dtype=torch.long)[None]
-
-
-def set_router(router, direction: torch.Tensor, strength: float, hidden: torch.Tensor, segments: Segments) -> int:
-    """W_q = W_k = I + strength * u u^T; returns how many positions the router then selects."""
-    weight = torch.eye(direction.numel()) + strength * torch.outer(direction, direction)
-    router.q_proj_layer.weight.copy_(weight)
-    router.k_proj_layer.weight.copy_(weight)
-    return int(router(hidden, segments).boundary_mask.sum())
-
-
-@torch.no_grad()
-def calibrate_routing(model: HNetForCausalLM, ids: torch.Tensor, targets: list[float]) -> dict[str, torch.Tensor]:
-    """Set every stage's router so that it selects 1/N of its positions on ``ids``; returns the routing weights.
-
-    Runs each encoder once (stage by stage, as ``HNet.forward`` does) and bisects the strength g of W_q = W_k =
-    I + g u u^T, u the unit mean of the encoder outputs. Larger g adds a shared component to adjacent q and k,
-    raising their cosine and lowering the boundary count. Aims at floor(positions / N) boundaries.
-    """
-    x, segments, stage = model.embeddings(ids), Segments(), model.backbone
-    for target in targets:
-        if stage.pad_dimension is not None:
-            x = torch.cat([x, stage.pad_dimension.to(x.dtype).expand(*x.shape[:-1], -1)], dim=-1)
-        hidden = stage.encoder(x, segments)
-        goal = math.floor(hidden.shape[0] * hidden.shape[1] / target)
-        mean = hidden.float().mean(dim=(0, 1))
-        args = (stage.routing_module, mean / mean.norm())
-        low, high = 0.0, 1.0
-        selected = set_router(*args, high, hidden, segments)
-        while selected > goal:
-            low, high = high, 2 * high
-            if high > 1e6:
-                raise RuntimeError(f"cannot reach {target} bytes per chunk at stage {stage.stage} by calibration")
-            selected = set_router(*args, high, hidden, segments)
-        for _ in range(40):
-            if selected == goal:
-                break
-            middle = (low + high) / 2
-            count = set_router(*args, middle, hidden, segments)
-            low, high, selected = (middle, high, selected) if count > goal else (low, middle, count)
-        set_router(*args, high, hidden, segments)  # the smallest strength found with at least the target compression
-        x, segments, _ = stage.chunk_layer(hidden, stage.routing_module(hidden, segments), segments)
-        stage = stage.main_network
-    return {k: v.clone() for k, v in model.state_dict().items() if "routing_module" in k}
 
 
 # --------------------------------------------------------------------------------------------------- worker
@@ -255,13 +211,6 @@ def run_worker(spec: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- report
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def code_version() -> str:
     """The commit measured, and which source files differed from it (other work in progress)."""
 
