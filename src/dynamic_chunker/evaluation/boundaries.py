@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-WHITESPACE = b" \t\n\r\x0b\x0c"
+WHITESPACE = b" \t\n\r\x0b\x0c"  # also the trainer's word-start statistic (training/objective.py)
 
 
 @torch.no_grad()
@@ -51,12 +51,16 @@ def reference_positions(data: bytes) -> dict[str, torch.Tensor]:
     ids = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     space = torch.isin(ids, torch.tensor(list(WHITESPACE), dtype=torch.uint8))
     alnum = torch.tensor([chr(b).isalnum() or b >= 0x80 for b in range(256)])[ids.long()]
-    previous = lambda m: torch.cat([torch.zeros(1, dtype=torch.bool), m[:-1]])  # noqa: E731
     return {
-        "after whitespace": previous(space),
+        "after whitespace": _previous(space),
         "at whitespace": space,
-        "word start": alnum & ~previous(alnum),
+        "word start": alnum & ~_previous(alnum),
     }
+
+
+def _previous(flags: torch.Tensor) -> torch.Tensor:
+    """flags shifted one byte right: True where the byte before is flagged."""
+    return torch.cat([torch.zeros(1, dtype=torch.bool), flags[:-1]])
 
 
 @dataclass

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from ..chunking import ratio_loss
+from ..evaluation.boundaries import WHITESPACE as WHITESPACE_BYTES
 from ..model import HNetOutput
 
 IGNORE = -100
-WHITESPACE = torch.tensor(sorted(b" \t\n\r\x0b\x0c"))
+WHITESPACE = torch.tensor(sorted(WHITESPACE_BYTES))  # one definition of "follows whitespace" with hnet boundaries
 
 
 def split_batch(input_ids: torch.Tensor, document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
