@@ -115,7 +115,8 @@ def cmd_boundaries(args: argparse.Namespace) -> int:
     if args.text is not None:
         data = args.text.encode("utf-8")
     elif args.file is not None:
-        data = Path(args.file).read_bytes()
+        with open(args.file, "rb") as file:
+            data = file.read(args.max_bytes)  # no need to read more of a large file than is chunked
     else:
         from .data import PreparedCorpus
         from .data.corpus import BOS
