@@ -168,3 +168,5 @@ def test_hnet_boundaries_command(tmp_path, capsys):
     assert "empty" in capsys.readouterr().err
     assert main(["boundaries", "--model", str(tmp_path / "model")]) == 2
     assert "exactly one of" in capsys.readouterr().err
+    assert main(["boundaries", "--model", str(tmp_path / "model"), "--text", "x", "--max-bytes", "-1"]) == 2
+    assert "--max-bytes must be at least 1" in capsys.readouterr().err

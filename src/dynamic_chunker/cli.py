@@ -112,6 +112,8 @@ def cmd_boundaries(args: argparse.Namespace) -> int:
     sources = [args.text is not None, args.file is not None, args.corpus is not None]
     if sum(sources) != 1:
         raise ValueError("give exactly one of --text, --file or --corpus")
+    if args.max_bytes < 1:
+        raise ValueError(f"--max-bytes must be at least 1, got {args.max_bytes}")
     if args.text is not None:
         data = args.text.encode("utf-8")
     elif args.file is not None:
