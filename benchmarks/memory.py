@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from decode_throughput import calibrate_routing, load_average, machine, write_report
-from train_throughput import peak_rss_bytes, reset_peak_rss
+from train_throughput import WorkerError, peak_rss_bytes, reset_peak_rss, run_worker
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.evaluation.flops import default_compression
@@ -86,13 +85,12 @@ def available_bytes() -> int | None:
     return None
 
 
-def run_worker(spec: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def worker_row(spec: dict) -> dict:
+    """One measurement in a fresh process; a failure (e.g. out of memory) becomes a row with its error."""
+    try:
+        return run_worker(__file__, spec, "memory measurement")
+    except WorkerError as err:
+        return {"error": err.last_line}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                     "checkpointing": checkpointing,
                     "steps": args.steps,
                 }
-                row.update(run_worker(spec))
+                row.update(worker_row(spec))
             if "error" not in row:
                 done.append((length, row["peak_bytes"]))
             rows.append(row)

@@ -63,7 +63,6 @@ import importlib.metadata
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from decode_throughput import calibrate_routing, load_average, machine, write_report
 from torch import nn
-from train_throughput import code_version, peak_rss_bytes, reset_peak_rss
+from train_throughput import code_version, peak_rss_bytes, reset_peak_rss, run_worker
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.reference import RATIO_LOSS_WEIGHT
@@ -241,15 +240,6 @@ def measure_memory(spec: dict) -> dict:
     return {"peak_bytes": peak_rss_bytes() - baseline, "exact": exact}
 
 
-def run_memory_worker(spec: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory measurement {spec['model']} at {spec['length']} bytes failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def measure_time(args, length: int) -> dict:
     """Interleaved training steps of both models in this process: median seconds and realised bytes per chunk."""
     ids = text_batch(args.text, args.batch, length)
@@ -401,7 +391,9 @@ def main(argv: list[str] | None = None) -> None:
         row = measure_time(args, length)
         for name in ("ours", "peer"):
             spec = {"model": name, "length": length, "steps": args.memory_steps, "threads": args.threads}
-            row[name].update(run_memory_worker({**spec, "args": shared}))
+            row[name].update(
+                run_worker(__file__, {**spec, "args": shared}, f"memory measurement {name} at {length} bytes")
+            )
         rows.append(row)
         o, p = row["ours"], row["peer"]
         print(

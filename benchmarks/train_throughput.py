@@ -201,12 +201,22 @@ def measure(spec: dict) -> dict:
     }
 
 
-def run_worker(spec: dict) -> dict:
+class WorkerError(RuntimeError):
+    """A fresh-process measurement failed; ``last_line`` is the last line it wrote to stderr (or its exit status)."""
+
+    def __init__(self, what: str, returncode: int, stderr: str):
+        super().__init__(f"{what} failed:\n{stderr}")
+        self.last_line = (stderr.strip().splitlines() or [f"exit status {returncode}"])[-1]
+
+
+def run_worker(script: str, spec: dict, what: str) -> dict:
+    """Run ``python SCRIPT --worker SPEC`` in a fresh process (so that its peak RSS is its own) and return the JSON
+    object it prints last; raises :class:`WorkerError` naming ``what`` if the process fails."""
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=False
+        [sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"measurement of {spec['name']} at {spec['length']} bytes failed:\n{proc.stderr}")
+        raise WorkerError(what, proc.returncode, proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -403,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
                     "length": length,
                     "routing": str(routing) if name == "hnet" else None,
                 }
-                row[name] = run_worker(spec)
+                row[name] = run_worker(__file__, spec, f"measurement of {name} at {length} bytes")
                 print(
                     f"{length:>6} bytes  {name:<4} {row[name]['bytes_per_s']:>9,.0f} bytes/s  "
                     f"peak +{fmt_bytes(row[name]['peak_bytes'])}  compression {row[name]['compression']}",
