@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from decode_throughput import load_average, machine, text_rows, write_report
-from mfu import build, training_step
+from decode_throughput import load_average, machine, sync, text_rows, write_report
+from mfu import build, matmul_rate, training_step
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM, parameter_groups
 from dynamic_chunker.evaluation.flops import default_compression, training_flops_per_byte
@@ -47,26 +47,6 @@ SMOKE_CONFIG = ROOT / "configs" / "models" / "tiny_2stage.json"
 DEFAULT_TEXTS = [ROOT / "data" / "english" / "val.bin", Path("/usr/share/common-licenses/GPL-3"), ROOT / "README.md"]
 EXIT_NO_CUDA = 2
 PATHS = {True: "kernels", False: "pure PyTorch"}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
-    """FLOP/s of the best of ``repeats`` (size x size) @ (size x size) products on ``device``."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    a, b = (torch.randn(size, size, generator=gen, device=device).to(dtype) for _ in range(2))
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -211,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     importable = {"mamba_ssm": found.ssd_scan, "causal_conv1d": found.conv1d, "flash_attn": found.attention}
     kernel_line = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in importable.items())
     print(f"{name}; kernels importable: {kernel_line}; switched on: {kernels.kernels_enabled()}", flush=True)
-    rate = matmul_rate(device, torch.bfloat16, args.mm_size, args.mm_repeats)
+    rate = matmul_rate(torch.bfloat16, args.mm_size, args.mm_repeats, device)
     print(f"torch.mm {args.mm_size}^2 bfloat16: {rate / 1e12:.1f} TFLOP/s", flush=True)
 
     text = text_rows(args.text, args.batch, args.length + 1)

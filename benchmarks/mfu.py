@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from decode_throughput import calibrate_routing, load_average, machine, write_report
+from decode_throughput import calibrate_routing, load_average, machine, sync, write_report
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM, parameter_groups
 from dynamic_chunker.evaluation.flops import default_compression, training_flops_per_byte
@@ -46,15 +46,18 @@ DEFAULT_TEXTS = [ROOT / "data" / "english" / "val.bin", Path("/usr/share/common-
 DEFAULT_OUTPUT = HERE / "results" / "mfu_cpu.md"
 
 
-def matmul_rate(dtype: torch.dtype, size: int, repeats: int) -> float:
-    """FLOP/s of the best of ``repeats`` (size x size) @ (size x size) products."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=gen).to(dtype) for _ in range(2))
+def matmul_rate(dtype: torch.dtype, size: int, repeats: int, device: torch.device | str = "cpu") -> float:
+    """FLOP/s of the best of ``repeats`` (size x size) @ (size x size) products on ``device``."""
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(size, size, generator=gen, device=device).to(dtype) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
