@@ -101,6 +101,17 @@ def measure(model: HNetForCausalLM, batches: list[torch.Tensor], passes: int) ->
     }
 
 
+def profile_table(model: HNetForCausalLM, ids: torch.Tensor, rows: int = 15) -> str:
+    """Top operators (self CPU time) of one ``model.boundaries`` call after a warm-up call."""
+    from torch.profiler import profile
+
+    with torch.inference_mode():
+        model.boundaries(ids)
+        with profile() as prof:
+            model.boundaries(ids)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -111,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the operator profile")
     args = parser.parse_args(argv)
     if args.text is None or not args.text.is_file():
         parser.error(f"text file not found: {args.text}; pass --text PATH to a local English text")
@@ -150,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['full_mb_s']:.4f} MB/s, bytes/chunk {' / '.join(f'{c:.2f}' for c in row['compression'])}",
                 flush=True,
             )
+    if args.profile:  # where the time of one call goes: the calibrated routers at the first setting
+        profile = profile_table(model, text_batches(args.text, *args.settings[0][::-1], args.limit)[0])
     loads.append(load_average())
     text_bytes = sum(ids.numel() for ids in text_batches(args.text, rows[0]["length"], rows[0]["batch"], args.limit))
     command = "python " + " ".join([str(Path(sys.argv[0])), *(sys.argv[1:] if argv is None else argv)])
@@ -193,6 +207,16 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "",
     ]
+    if args.profile:
+        batch, length = args.settings[0]
+        lines += [
+            f"## Profile: one `model.boundaries` call ({batch}x{length}, calibrated routers)",
+            "",
+            "```",
+            profile,
+            "```",
+            "",
+        ]
     text = "\n".join(lines)
     write_report(text, args.output)
 
