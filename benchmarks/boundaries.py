@@ -13,7 +13,8 @@ bisected) to ``--compression`` bytes per chunk per stage, the paper's ratio-loss
 bytes per chunk are reported for both.
 
 Both methods run under ``torch.inference_mode``; the full forward is ``model(ids)`` (logits included). The boundary
-masks of both are compared on the first call (they must be identical).
+masks of both are compared on the first call (they must be identical). A ``torch.profiler`` table of one
+``model.boundaries`` call (calibrated routers, first setting) closes the report (``--no-profile`` to skip).
 
 Usage: ``python benchmarks/boundaries.py``; writes ``benchmarks/results/boundaries_cpu.md``.
 """
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     if args.profile:  # where the time of one call goes: the calibrated routers at the first setting
-        profile = profile_table(model, text_batches(args.text, *args.settings[0][::-1], args.limit)[0])
+        batch, length = args.settings[0]
+        profile = profile_table(model, text_batches(args.text, length, batch, args.limit)[0])
     loads.append(load_average())
     text_bytes = sum(ids.numel() for ids in text_batches(args.text, rows[0]["length"], rows[0]["batch"], args.limit))
     command = "python " + " ".join([str(Path(sys.argv[0])), *(sys.argv[1:] if argv is None else argv)])
@@ -208,7 +210,6 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     if args.profile:
-        batch, length = args.settings[0]
         lines += [
             f"## Profile: one `model.boundaries` call ({batch}x{length}, calibrated routers)",
             "",
