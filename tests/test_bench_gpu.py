@@ -1,27 +1,20 @@
 """benchmarks/gpu.py: the no-CUDA exit and a smoke run of every code path on CPU, with the fake kernels switched in."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from dynamic_chunker.layers import kernels
 
+from .conftest import BENCHMARKS, load_benchmark
 from .fake_kernels import install
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+SCRIPT = BENCHMARKS / "gpu.py"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling benchmark helpers, as when run directly
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(SCRIPT, "gpu_benchmark")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")

@@ -1,28 +1,22 @@
 """benchmarks/train_throughput.py: router calibration, FLOP matching and one tiny end-to-end run."""
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from dynamic_chunker import HNetConfig
 from dynamic_chunker.evaluation.flops import forward_flops_per_byte
 
-from .conftest import OFFICIAL
+from .conftest import BENCHMARKS, OFFICIAL, load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+SCRIPT = BENCHMARKS / "train_throughput.py"
 TINY = OFFICIAL / "tiny_2stage" / "config.json"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling benchmark helpers, as when run directly
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(SCRIPT, "train_throughput")
 
 
 def test_calibrated_router_gives_the_target_compression_in_the_full_forward(bench):
