@@ -99,6 +99,13 @@ def test_manifest_without_val_split(tmp_path, capsys):
     )
     code, _, err = run(["train", config, "--no-progress"], capsys)
     assert_one_line_error(code, err, "has no split 'val'")
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    code, _, err = run(["train", config, "--no-progress", "--out", a_file], capsys)
+    assert_one_line_error(code, err, "is a file, not a folder")
+    if not torch.cuda.is_available():
+        code, _, err = run(["train", config, "--no-progress", "train.device=cuda"], capsys)
+        assert_one_line_error(code, err, "train.device is 'cuda' but no CUDA device is available")
 
 
 def test_devices_that_do_not_exist(model_dir, capsys):

@@ -310,3 +310,13 @@ def _tensors(value):
     elif dataclasses.is_dataclass(value):
         for f in dataclasses.fields(value):
             yield from _tensors(getattr(value, f.name))
+
+
+def test_batched_sampling_is_reproducible_and_greedy_batches_equal_single_prompts():
+    """What the README promises: a seeded batch repeats itself; only greedy decoding matches prompts run alone."""
+    model = random_model(1, dtype=torch.float32)
+    prompts = ["Hello", "A longer prompt"]
+    sampled = model.generate(prompts, max_new_bytes=24, seed=3, stop_bytes=())
+    assert model.generate(prompts, max_new_bytes=24, seed=3, stop_bytes=()) == sampled
+    greedy = model.generate(prompts, max_new_bytes=24, greedy=True, stop_bytes=())
+    assert greedy == [model.generate(p, max_new_bytes=24, greedy=True, stop_bytes=())[0] for p in prompts]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from dynamic_chunker import HNetConfig, from_pretrained
+from dynamic_chunker import HNetConfig, HNetForCausalLM, from_pretrained, parameter_groups
 from dynamic_chunker.cli import main
 from dynamic_chunker.data import Document, Source, prepare_corpus
 from dynamic_chunker.errors import ConfigError
@@ -124,6 +124,15 @@ def test_paper_lr_multipliers_match_reference_table_and_recipes(name, table):
     assert recipe.lr_multipliers() == pytest.approx(table, abs=1e-3)
     assert recipe.data.seq_len == 8192 and recipe.train.batch_size == 256 and recipe.ratio.targets == targets
     assert recipe.optimizer.lr == (6.25e-4 if name.endswith("_L") else 5e-4)
+
+
+def test_parameter_groups_accept_auto_like_the_yaml():
+    model = HNetForCausalLM(HNetConfig.from_dict(TINY_2STAGE), device="meta")
+    auto = parameter_groups(model, "auto", 0.1)  # the paper's targets [3, 3] for a 2-stage model
+    rule = paper_lr_multipliers(model.config, [3.0, 3.0])
+    assert sorted({g["stage"]: g["lr_multiplier"] for g in auto}.items()) == list(enumerate(rule))
+    chosen = parameter_groups(model, "auto", 0.1, ratio_targets=[2.0, 4.0])
+    assert {g["lr_multiplier"] for g in chosen} == set(paper_lr_multipliers(model.config, [2.0, 4.0]))
 
 
 @pytest.mark.parametrize("name", ["tiny_1stage", "tiny_2stage", "small_2stage"])
