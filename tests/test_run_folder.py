@@ -5,6 +5,7 @@ Signal and lock tests run ``hnet train`` as a real subprocess; the others call `
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -108,12 +109,13 @@ def test_an_existing_run_needs_resume_or_overwrite(tmp_path, corpus, capsys):
 def test_stale_temporary_files_are_removed_at_start(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     train(config(corpus, out, steps=2), progress=False)
-    for name in (".checkpoint.pt.4242.tmp", "model.safetensors.tmp", "config.json.tmp"):
+    for name in (".checkpoint.pt.4242.tmp", "model.safetensors.tmp", "config.json.tmp", "train.tmp"):
         (out / name).write_bytes(b"\0" * 500_000)
+    (out / "draft.tmp").write_bytes(b"the user's own")  # not a name of ours: kept
     capsys.readouterr()
     train(config(corpus, out, steps=2), resume=True, progress=False)
-    assert "removed 1.5 MB of temporary files left by an interrupted write" in capsys.readouterr().out
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert "removed 2.0 MB of temporary files left by an interrupted write" in capsys.readouterr().out
+    assert [p.name for p in out.glob("*.tmp")] == ["draft.tmp"]
 
 
 # ------------------------------------------------------------------------------------------------------ resuming
@@ -174,10 +176,13 @@ def test_resume_on_different_data_is_refused_unless_allowed(tmp_path, corpus):
     with pytest.raises(ConfigError, match="not the one this run was trained on.*--allow-data-change"):
         train(moved, resume=True, progress=False)
     assert train(moved, resume=True, progress=False, allow_data_change=True).step == 2
-    copy = tmp_path / "copy"  # the same corpus in another place is the same data
+    copy = tmp_path / "copy"  # the same corpus elsewhere, prepared again at another time: the same data
     copy.mkdir()
     for path in corpus.iterdir():
         (copy / path.name).write_bytes(path.read_bytes())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["created_at"] = "2030-01-01T00:00:00+00:00"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     assert train(config(copy, out, steps=2), resume=True, progress=False).step == 2
 
 

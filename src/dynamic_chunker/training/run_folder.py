@@ -64,10 +64,13 @@ class RunLock:
 
 
 def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temporary files of interrupted atomic writes (``*.tmp``); call with the lock held. Returns bytes freed."""
+    """Delete temporary files that interrupted atomic writes of run files left (``.checkpoint.pt.<pid>.tmp``,
+    ``model.safetensors.tmp``, ``train.tmp``...); other ``.tmp`` files are not ours and stay. Call with the lock held
+    (no other writer can be using them). Returns the bytes freed."""
+    prefixes = tuple(set(RUN_FILES) | {name.split(".")[0] + "." for name in RUN_FILES})
     freed = 0
-    for path in [*folder.glob("*.tmp"), *folder.glob(".*.tmp")]:
-        if path.is_file():
+    for path in folder.glob("*.tmp"):
+        if path.is_file() and path.name.lstrip(".").startswith(prefixes):
             freed += path.stat().st_size
             path.unlink()
     return freed

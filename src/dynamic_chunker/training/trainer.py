@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -111,6 +112,14 @@ def open_data(config: TrainConfig) -> tuple[ByteWindows, ByteWindows]:
     )
 
 
+def corpus_digest(corpus_dir: Path) -> str:
+    """sha256 of a corpus's manifest without its creation time: the same data prepared again has the same digest
+    (the manifest holds the sha256 of every file), different data a different one."""
+    manifest = json.loads((corpus_dir / MANIFEST).read_text(encoding="utf-8"))
+    manifest.pop("created_at", None)
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 class Trainer:
     def __init__(
         self, config: TrainConfig, runtime: distributed.Runtime, resume: bool = False, allow_data_change: bool = False
@@ -133,7 +142,7 @@ class Trainer:
             rt.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == torch.bfloat16
         )
         self.train_windows, self.val_windows = open_data(config)
-        self.corpus_hash = hashlib.sha256((Path(cfg.data.corpus) / MANIFEST).read_bytes()).hexdigest()
+        self.corpus_hash = corpus_digest(Path(cfg.data.corpus))
         self.train_windows.steps_per_epoch(self.micro_batch, rt.world_size)  # enough data for one batch?
         # a fixed validation set: windows spread evenly over the split, so that it spans many documents
         count = min(cfg.eval.windows, len(self.val_windows))
@@ -180,7 +189,8 @@ class Trainer:
         if stored is not None and stored != self.corpus_hash and not allow_data_change:
             raise ConfigError(
                 f"cannot resume: the corpus {self.config.data.corpus} is not the one this run was trained on (its "
-                f"{MANIFEST} differs); point data.corpus at the original corpus, or pass --allow-data-change"
+                f"{MANIFEST} describes other files); point data.corpus at the original corpus, or pass "
+                "--allow-data-change"
             )
         return checkpoint
 
