@@ -61,7 +61,7 @@ def test_main_turns_user_errors_and_os_errors_into_one_line(monkeypatch, capsys)
     for error, text in [
         (ConfigError("train.steps must be >= 1"), "hnet info: error: train.steps must be >= 1"),
         (OSError(errno.ENOSPC, "No space left on device", "runs/x/checkpoint.pt"), "error: no space left on device"),
-        (PermissionError(errno.EACCES, "Permission denied", "/data"), "Permission denied (/data)"),
+        (PermissionError(errno.EACCES, "Permission denied", "/data"), "Permission denied: /data"),
         (IsADirectoryError(errno.EISDIR, "Is a directory", "notes"), "Is a directory: notes"),
     ]:
         monkeypatch.setattr(cli, "cmd_info", failing(error))

@@ -129,8 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             print(
                 f"interrupted by {signal.Signals(result.interrupted).name} after step {result.step}: checkpoint "
-                f"written to {result.out_dir}; continue with `hnet train {args.config} --resume"
-                + (f" --out {args.out}`" if args.out else "`"),
+                f"written to {result.out_dir}; to continue, run the same command with --resume",
                 file=sys.stderr,
             )
         return 128 + result.interrupted
@@ -417,8 +416,6 @@ def describe_os_error(err: OSError) -> str:
     where = f" ({err.filename})" if err.filename else ""
     if err.errno == errno.ENOSPC:
         return f"no space left on device{where}: free some space or write elsewhere"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{err.strerror or err}{where}: choose a location you can write to"
     if err.strerror and err.filename:
         return f"{err.strerror}: {err.filename}"
     return str(err)
