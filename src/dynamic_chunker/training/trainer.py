@@ -449,9 +449,8 @@ def _check_resumable(config: TrainConfig, model_config: dict, checkpoint: dict) 
         changed.insert(0, "model: the model config differs")
     if changed:
         raise ConfigError(
-            "cannot resume: the config differs from the checkpoint's in\n  "
-            + "\n  ".join(changed)
-            + "\nUse the original config (it is saved as train.yaml in the run folder), or start a new run."
+            f"cannot resume: the config differs from the checkpoint's in {'; '.join(changed)}. Use the original "
+            "config (saved as train.yaml in the run folder), or start a new run (--overwrite or another --out)"
         )
 
 
