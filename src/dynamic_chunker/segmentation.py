@@ -1,0 +1,527 @@
+"""Learned chunks for retrieval: split text where a trained H-Net puts its chunk boundaries.
+
+``chunk_text(text)`` cuts a text into chunks of at most ``chunk_size`` characters (or tokens of a given tokenizer),
+choosing each cut among the positions the model marks as chunk starts, strongest first: a position where a deeper
+stage also fired beats one where only stage 0 fired, and within a stage the higher boundary probability wins. Where a
+span holds no boundary the cut falls back to weaker (sub-threshold) positions and finally to any character edge.
+``level=s`` returns stage ``s``'s learned units as they are.
+
+The model is read only through ``model.boundaries`` (encoders and routers; no decoders, no logits). Texts of any length
+are processed in windows of ``window`` bytes, each with ``context`` bytes of left context that is run through the
+model and then discarded, so a boundary does not depend on where a window starts (every layer is causal: the right
+side never matters). Windows go through the model ``batch_size`` at a time, and :meth:`HNetChunker.iter_chunks`
+streams a file in blocks, so memory does not grow with the input.
+
+Offsets: for ``str`` input ``start_index``/``end_index`` are character offsets (``text[start:end] == chunk.text``);
+for ``bytes`` input they are byte offsets into those bytes, ``chunk.text`` is ``bytes``, ``chunk_size`` counts bytes,
+and cuts never fall inside a valid UTF-8 sequence (each invalid byte counts as a character of its own). ``start_byte``
+/ ``end_byte`` are always offsets into the UTF-8 encoding.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from .evaluation.boundaries import WHITESPACE
+
+BOS = 254  # byte that precedes every training document (data/corpus.py)
+BUNDLED_MODEL = "hnet_chunker_small"  # src/dynamic_chunker/models/<name>: config.json + model.safetensors
+DEFAULT_CHUNK_SIZE = 512
+DEFAULT_WINDOW = 8192
+DEFAULT_CONTEXT = 1024
+BLOCK_BYTES = 1 << 20  # bytes read at a time by iter_chunks
+# Layout scores of a cut (see layout_scores): after a blank line, after a line break, after a sentence end.
+BLANK_LINE, NEWLINE, SENTENCE_END = 3.0, 2.0, 1.0
+SENTENCE_ENDERS = (b".", b"!", b"?", "。".encode(), "！".encode(), "？".encode())
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk. ``text == source[start_index:end_index]``; see the module docstring for what offsets count."""
+
+    text: str | bytes
+    start_index: int
+    end_index: int
+    token_count: int  # tokens of the tokenizer given, else characters (bytes for bytes input)
+    start_byte: int
+    end_byte: int
+    level: int | None  # deepest stage whose boundary opened the chunk; None: a cut without any boundary
+    score: float  # the boundary probability at that stage (1.0 at the start of the text)
+
+
+# ------------------------------------------------------------------------------------------------ byte-level signals
+def row_probs(model, rows: list[bytes]) -> np.ndarray:
+    """Run ``model.boundaries`` on byte strings as one right-padded batch: (stages, len(rows), longest) float32, where
+    [s, r, t] is stage s's boundary probability at byte t of row r if that byte reached stage s, else 0."""
+    stages = model.config.num_stages - 1
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for r, row in enumerate(rows):  # one copy per row (a window), not per byte
+        ids[r, : len(row)] = torch.frombuffer(bytearray(row), dtype=torch.uint8)
+        mask[r, : len(row)] = True
+    device = next(model.parameters()).device
+    out = np.zeros((max(stages, 1), len(rows), length), dtype=np.float32)
+    with torch.inference_mode():
+        found = model.boundaries(ids.to(device), mask=mask.to(device))
+        for s in range(stages):
+            routing = found.routing[s]
+            p = routing.boundary_prob.float()
+            if routing.mask is not None:
+                p = p * routing.mask
+            # amax: padded entries carry 0 and may point at any position, so they must not overwrite a real value
+            per_byte = torch.zeros(len(rows), length, device=p.device)
+            out[s] = per_byte.scatter_reduce(1, found.positions[s], p, "amax", include_self=True).cpu().numpy()
+    return out
+
+
+def boundary_signals(
+    model,
+    data: bytes,
+    context: bytes = bytes([BOS]),
+    window: int = DEFAULT_WINDOW,
+    overlap: int = DEFAULT_CONTEXT,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Boundary probabilities of every stage over ``data``: (stages, len(data)) float32.
+
+    ``probs[s, t]`` is stage ``s``'s probability that a chunk starts at byte ``t`` where byte ``t`` reached stage ``s``
+    (it started a chunk at every stage before ``s``), else 0; stage ``s`` fired at ``t`` where it is > 0.5.
+    ``context`` holds the bytes before ``data`` (the BOS byte at a text's start). Each window of ``window`` bytes is
+    run after up to ``overlap`` bytes of what precedes it, whose outputs are discarded.
+    """
+    if window < 1 or overlap < 0 or batch_size < 1:
+        raise ValueError(f"window and batch_size must be >= 1 and overlap >= 0; got {window}, {overlap}, {batch_size}")
+    probs = np.zeros((max(model.config.num_stages - 1, 1), len(data)), dtype=np.float32)
+    left = context[len(context) - overlap :] if overlap else b""
+    stream = left + data
+    starts = range(len(left), len(stream), window)  # where each window's own bytes start in the stream
+    for first in range(0, len(starts), batch_size):
+        rows = starts[first : first + batch_size]
+        begins = [max(0, s - overlap) for s in rows]
+        out = row_probs(model, [stream[b : s + window] for b, s in zip(begins, rows)])
+        for r, (b, s) in enumerate(zip(begins, rows)):
+            keep = min(window, len(stream) - s)
+            probs[:, s - len(left) : s - len(left) + keep] = out[:, r, s - b : s - b + keep]
+    return probs
+
+
+def _byte_table(ranges: dict[tuple[int, int], int], default: int) -> np.ndarray:
+    table = np.full(256, default, dtype=np.uint8)
+    for (first, last), value in ranges.items():
+        table[first : last + 1] = value
+    return table
+
+
+# per lead byte: the length of the UTF-8 sequence it starts (0: cannot start one), and the allowed range of the second
+# byte, which rules out overlong forms, surrogates and code points above U+10FFFF
+SEQUENCE_LENGTH = _byte_table({(0x00, 0x7F): 1, (0xC2, 0xDF): 2, (0xE0, 0xEF): 3, (0xF0, 0xF4): 4}, 0)
+SECOND_LOW = _byte_table({(0xE0, 0xE0): 0xA0, (0xF0, 0xF0): 0x90}, 0x80)
+SECOND_HIGH = _byte_table({(0xED, 0xED): 0x9F, (0xF4, 0xF4): 0x8F}, 0xBF)
+
+
+def char_edges(data: bytes, strict: bool) -> np.ndarray:
+    """(len(data),) bool: where a character starts. ``strict`` (bytes input): a position inside a *valid* UTF-8
+    sequence is not an edge, every other byte is (an invalid byte is a character of its own); otherwise (UTF-8 of a
+    str) every non-continuation byte is an edge."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    continuation = (b & 0xC0) == 0x80
+    if not strict:
+        return ~continuation
+    n = len(b)
+    need = SEQUENCE_LENGTH[b]
+    second = np.append(b[1:], np.uint8(0))
+    cont = np.append(continuation, np.zeros(3, bool))
+    valid = need == 1
+    ok_second = (second >= SECOND_LOW[b]) & (second <= SECOND_HIGH[b])
+    for k in (2, 3, 4):
+        ok = (need == k) & ok_second
+        for j in range(1, k):
+            ok &= cont[j : n + j]
+        valid |= ok
+    inside = np.zeros(n, dtype=bool)
+    for k in (1, 2, 3):  # byte t is inside the valid sequence that starts at t - k
+        inside[k:] |= valid[:-k] & (need[:-k] > k)
+    return ~inside
+
+
+def layout_scores(data: bytes, context: bytes = b"") -> np.ndarray:
+    """(len(data),) float32: how strongly the layout suggests a cut before each byte: BLANK_LINE after a blank line,
+    NEWLINE after a line break, SENTENCE_END after a sentence end (. ! ? then whitespace, or 。！？), else 0.
+    ``context`` is the text before ``data`` (its last few bytes are looked at)."""
+    tail = context[-8:]
+    b = np.frombuffer(tail + data, dtype=np.uint8)
+    n, lead = len(data), len(tail)
+
+    def before(k: int) -> np.ndarray:  # the byte k positions before each byte of data (0 where there is none)
+        out = np.zeros(n, dtype=np.uint8)
+        start = max(0, k - lead)
+        out[start:] = b[lead - k + start : lead - k + n]
+        return out
+
+    prev, prev2 = before(1), before(2)
+    space = np.isin(prev, np.frombuffer(WHITESPACE, np.uint8))
+    score = np.zeros(n, dtype=np.float32)
+    ascii_end = np.isin(prev2, np.frombuffer(b".!?", np.uint8)) & space
+    wide_end = np.zeros(n, dtype=bool)
+    for ender in SENTENCE_ENDERS[3:]:
+        e = np.frombuffer(ender, np.uint8)
+        wide_end |= (before(3) == e[0]) & (prev2 == e[1]) & (prev == e[2])
+    score[ascii_end | wide_end] = SENTENCE_END
+    score[prev == 0x0A] = NEWLINE
+    score[(prev == 0x0A) & ((prev2 == 0x0A) | ((prev2 == 0x0D) & (before(3) == 0x0A)))] = BLANK_LINE
+    return score
+
+
+# ------------------------------------------------------------------------------------------------ token counting
+def token_counter(tokenizer) -> Callable[[str], int]:
+    """A function str -> number of tokens from a callable (returning a count or a sequence), a Hugging Face
+    ``tokenizers.Tokenizer`` / ``transformers`` tokenizer or a tiktoken ``Encoding``."""
+    if type(tokenizer).__module__.startswith("tiktoken"):
+        return lambda s: len(tokenizer.encode(s, disallowed_special=()))
+    if type(tokenizer).__module__.startswith("tokenizers"):
+        return lambda s: len(tokenizer.encode(s, add_special_tokens=False).ids)
+    if hasattr(tokenizer, "encode") and type(tokenizer).__module__.startswith("transformers"):
+        return lambda s: len(tokenizer.encode(s, add_special_tokens=False))
+    if callable(tokenizer):
+
+        def count(s: str) -> int:
+            out = tokenizer(s)
+            return out if isinstance(out, int) else len(out)
+
+        return count
+    raise TypeError(
+        f"tokenizer must be a callable (str -> count or tokens), a tokenizers.Tokenizer or a tiktoken Encoding; "
+        f"got {type(tokenizer).__name__}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ models
+@functools.lru_cache(maxsize=4)
+def _bundled(device: str):
+    from .checkpoints import from_pretrained
+
+    folder = Path(__file__).parent / "models" / BUNDLED_MODEL
+    if not (folder / "model.safetensors").exists():
+        raise FileNotFoundError(f"the bundled model is missing from {folder}; reinstall dynamic_chunker or pass model=")
+    return from_pretrained(folder, device=device).eval()
+
+
+def load_chunking_model(model=None, device: str | torch.device | None = None):
+    """The bundled model (``None``), a folder / .pt / .safetensors / Hub id, or an ``HNetForCausalLM`` as it is."""
+    from .model import HNetForCausalLM
+
+    if model is None:
+        return _bundled(str(torch.device(device or "cpu")))
+    if isinstance(model, HNetForCausalLM):
+        return model.to(device) if device is not None else model
+    if isinstance(model, str | Path):
+        from .checkpoints import from_pretrained
+
+        return from_pretrained(model, device=device).eval()
+    raise TypeError(f"model must be None, a path or Hub id, or an HNetForCausalLM; got {type(model).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------ the chunker
+class HNetChunker:
+    """Chunks texts where an H-Net puts its boundaries (see the module docstring).
+
+    Args:
+        model: ``None`` (the bundled model), a folder, ``.pt``/``.safetensors`` file, Hub id or ``HNetForCausalLM``.
+        chunk_size: hard maximum per chunk, in characters (bytes for bytes input) or in tokens of ``tokenizer``;
+            default 512 characters, or no maximum with ``level``.
+        level: return stage ``level``'s learned units (split further only where one exceeds ``chunk_size``).
+        tokenizer: count ``chunk_size`` in its tokens (callable, Hugging Face tokenizer or tiktoken encoding).
+        min_fraction: a cut is chosen among positions from ``min_fraction * chunk_size`` to ``chunk_size``.
+        layout_weight: weight of the layout scores (blank lines, line breaks, sentence ends) added to the model's.
+        model_weight: weight of the model's boundary strength (0: layout only, an ablation).
+        window, context, batch_size: bytes per window, discarded left context per window, windows per model call.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        chunk_size: int | None = None,
+        *,
+        level: int | None = None,
+        tokenizer=None,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+        min_fraction: float = 0.5,
+        layout_weight: float = 1.0,
+        model_weight: float = 1.0,
+        window: int = DEFAULT_WINDOW,
+        context: int = DEFAULT_CONTEXT,
+    ):
+        if chunk_size is None and level is None:
+            chunk_size = DEFAULT_CHUNK_SIZE
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if not 0 <= min_fraction <= 1:
+            raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+        if window < 1 or context < 0 or batch_size < 1:
+            raise ValueError(f"window, batch_size >= 1 and context >= 0 required; got {window}, {batch_size}, {context}")
+        self.model = load_chunking_model(model, device)
+        self.stages = self.model.config.num_stages - 1
+        if level is not None and not (isinstance(level, int) and 0 <= level < max(self.stages, 1)):
+            raise ValueError(f"level must be a stage of the model, 0..{max(self.stages, 1) - 1}; got {level!r}")
+        self.chunk_size, self.level = chunk_size, level
+        self.count_tokens = token_counter(tokenizer) if tokenizer is not None else None
+        self.batch_size, self.window, self.context = batch_size, window, context
+        self.min_fraction, self.layout_weight, self.model_weight = min_fraction, layout_weight, model_weight
+
+    def __call__(self, text: str | bytes) -> list[Chunk]:
+        return self.chunk(text)
+
+    def chunk(self, text: str | bytes) -> list[Chunk]:
+        """Chunks of one text (``str``: character offsets; ``bytes``: byte offsets)."""
+        if isinstance(text, str):
+            data, text_mode = text.encode("utf-8", "surrogatepass"), True
+        elif isinstance(text, bytes | bytearray | memoryview):
+            data, text_mode = bytes(text), False
+        else:
+            raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
+        block = self._block_bytes()
+        return list(self._chunks((data[i : i + block] for i in range(0, len(data), block)), text_mode))
+
+    def chunk_batch(self, texts: Iterable[str | bytes]) -> list[list[Chunk]]:
+        """Chunks of many texts; short texts (up to one window) share model calls, ``batch_size`` at a time."""
+        texts = list(texts)
+        for t in texts:
+            if not isinstance(t, str | bytes | bytearray | memoryview):
+                raise TypeError(f"texts must be str or bytes, got {type(t).__name__}")
+        encoded = [t.encode("utf-8", "surrogatepass") if isinstance(t, str) else bytes(t) for t in texts]
+        signals = self._batched_signals(encoded)
+        return [
+            list(self._cut_stream([(data, probs)], text_mode=isinstance(text, str)))
+            for text, data, probs in zip(texts, encoded, signals)
+        ]
+
+    def iter_chunks(self, source: str | Path | BinaryIO) -> Iterator[Chunk]:
+        """Stream the chunks of a file (path or binary file object), reading it in blocks of about a megabyte:
+        memory stays bounded however long the file is. Offsets are byte offsets and chunk texts ``bytes`` (as for
+        bytes input); the chunks are those of ``chunk(the whole file's bytes)``."""
+        if isinstance(source, str | Path):
+            with open(source, "rb") as file:
+                yield from self.iter_chunks(file)
+            return
+        yield from self._chunks(_reblock(source, self._block_bytes()), text_mode=False)
+
+    def _block_bytes(self) -> int:
+        # a whole number of windows, so that windows fall at the same places whatever the block boundaries
+        return max(1, BLOCK_BYTES // self.window) * self.window
+
+    # -------------------------------------------------------------------------------------------- internals
+    def signals(self, data: bytes, context: bytes = bytes([BOS])) -> np.ndarray:
+        """(stages, len(data)) boundary probabilities (see :func:`boundary_signals`)."""
+        return boundary_signals(self.model, data, context, self.window, self.context, self.batch_size)
+
+    def _batched_signals(self, encoded: list[bytes]) -> list[np.ndarray]:
+        # Texts of at most one window share model calls (each row: BOS + the text, as the text alone would run);
+        # longer ones go through signals() on their own.
+        short = [i for i, d in enumerate(encoded) if len(d) <= self.window]
+        out = {i: self.signals(d) for i, d in enumerate(encoded) if i not in set(short)}
+        for first in range(0, len(short), self.batch_size):
+            group = short[first : first + self.batch_size]
+            probs = row_probs(self.model, [bytes([BOS]) + encoded[i] for i in group])
+            for r, i in enumerate(group):
+                out[i] = np.ascontiguousarray(probs[:, r, 1 : 1 + len(encoded[i])])
+        return [out[i] for i in range(len(encoded))]
+
+    def _chunks(self, blocks: Iterable[bytes], text_mode: bool) -> Iterator[Chunk]:
+        def with_signals() -> Iterator[tuple[bytes, np.ndarray]]:
+            context = bytes([BOS])
+            for block in blocks:
+                yield block, self.signals(block, context)
+                context = (context + block)[-max(self.context, 1) :]
+
+        yield from self._cut_stream(with_signals(), text_mode)
+
+    def _cut_stream(self, pieces: Iterable[tuple[bytes, np.ndarray]], text_mode: bool) -> Iterator[Chunk]:
+        """Cut chunks from (bytes, signals) pieces of one text, in order; keeps only the not yet emitted tail."""
+        cutter = _Cutter(self, text_mode)
+        for data, probs in pieces:
+            yield from cutter.feed(data, probs, final=False)
+        yield from cutter.feed(b"", np.zeros((max(self.stages, 1), 0), np.float32), final=True)
+
+
+class _Cutter:
+    """Greedy cuts over a growing buffer: the bytes since the current chunk's start with their signals."""
+
+    HOLD = 3  # bytes held back until more arrive: whether they start a character may depend on the next bytes
+
+    def __init__(self, chunker: HNetChunker, text_mode: bool):
+        self.c, self.text_mode = chunker, text_mode
+        self.data = b""
+        self.probs = np.zeros((max(chunker.stages, 1), 0), np.float32)
+        self.before = b""  # a few bytes before the buffer (layout context)
+        self.byte0 = 0  # offset of the buffer's first byte in the whole input
+        self.index0 = 0  # its offset in characters (text mode) or bytes
+        self.first = True
+
+    def feed(self, data: bytes, probs: np.ndarray, final: bool) -> Iterator[Chunk]:
+        self.data += data
+        self.probs = np.concatenate([self.probs, probs], axis=1)
+        usable = len(self.data) if final else max(0, len(self.data) - self.HOLD)
+        if usable == 0:
+            return
+        edges = char_edges(self.data, strict=not self.text_mode)[:usable]
+        where = np.flatnonzero(edges)  # byte position of each unit (character) in the buffer
+        if not final and len(where):
+            usable = int(where[-1])  # the last unit may continue into the held-back bytes
+            where = where[:-1]
+        if len(where) == 0:
+            return
+        unit_bytes = np.append(where, usable if not final else len(self.data))
+        strength, level, prob = self._unit_signals(where, usable)
+        layout = layout_scores(self.data[:usable], self.before)[where]
+        score = self.c.model_weight * strength + self.c.layout_weight * layout
+        # offsets reported and limited by chunk_size: characters for text, bytes for bytes input
+        self.offsets = np.arange(len(unit_bytes)) if self.text_mode else unit_bytes
+        cuts = self._cuts(score, level, unit_bytes, final)
+        if not cuts:
+            return
+        text = self.data[: unit_bytes[cuts[-1]]]
+        starts = [0, *cuts[:-1]]
+        for a, b in zip(starts, cuts):
+            piece = text[unit_bytes[a] : unit_bytes[b]]
+            if self.first or a > 0:
+                opened_level = self.c.stages - 1 if self.first else (None if level[a] < 0 else int(level[a]))
+                opened_score = 1.0 if self.first else float(prob[a])
+            else:
+                opened_level, opened_score = self.carry
+            self.first = False
+            if self.text_mode:
+                piece = piece.decode("utf-8", "surrogatepass")
+            count = self.c.count_tokens(piece) if self.c.count_tokens and self.text_mode else len(piece)
+            yield Chunk(
+                piece,
+                self.index0 + int(self.offsets[a]),
+                self.index0 + int(self.offsets[b]),
+                count,
+                self.byte0 + int(unit_bytes[a]),
+                self.byte0 + int(unit_bytes[b]),
+                opened_level,
+                opened_score,
+            )
+        last = cuts[-1]
+        if last < len(where):
+            self.carry = (None if level[last] < 0 else int(level[last]), float(prob[last]))
+        cut_byte = int(unit_bytes[last])
+        self.before = (self.before + self.data[:cut_byte])[-8:]
+        self.data = self.data[cut_byte:]
+        self.probs = self.probs[:, cut_byte:]
+        self.byte0 += cut_byte
+        self.index0 += int(self.offsets[last])
+
+    def _unit_signals(self, where: np.ndarray, usable: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per unit: boundary strength (sum of the probabilities along the stages reached), deepest stage fired
+        (-1: none) and the probability at that stage (stage 0's where none fired). A boundary on any byte of a
+        multi-byte character counts for that character (maximum over its bytes)."""
+        probs = np.maximum.reduceat(self.probs[:, :usable], where, axis=1)
+        strength = probs.sum(axis=0)
+        fired = probs > 0.5
+        reached = np.cumprod(fired, axis=0).astype(bool)  # fired at this stage and at every stage before it
+        level = reached.sum(axis=0).astype(np.int64) - 1
+        prob = np.take_along_axis(probs, np.maximum(level, 0)[None], axis=0)[0]
+        return strength, level, prob
+
+    def _cuts(self, score: np.ndarray, level: np.ndarray, unit_bytes: np.ndarray, final: bool) -> list[int]:
+        """Unit indices where chunks end (each also the next chunk's start), for as much as the buffer decides."""
+        n = len(score)  # units in the buffer; a cut before unit j ends the chunk at j (0 < j <= n)
+        size = self.c.chunk_size
+        if self.c.level is not None:
+            mandatory = np.flatnonzero(level[1:] >= self.c.level) + 1
+            bounds = [*mandatory.tolist(), n] if final else mandatory.tolist()
+            if size is None:
+                return bounds
+            cuts, start = [], 0
+            for end in bounds:
+                cuts += self._greedy(score, start, end, unit_bytes, final=True)
+                start = end
+            return cuts
+        return self._greedy(score, 0, n, unit_bytes, final)
+
+    def _greedy(self, score: np.ndarray, start: int, end: int, unit_bytes: np.ndarray, final: bool) -> list[int]:
+        """Cuts in units [start, end): from each chunk start, the highest score among the allowed ends (the latest
+        of equal ones); a chunk that reaches ``end`` is only cut there when ``final``."""
+        cuts: list[int] = []
+        while start < end:
+            hi = self._longest(start, end, unit_bytes)
+            if hi >= end:
+                if final:
+                    cuts.append(end)
+                break
+            lo = min(hi, start + max(1, math.ceil(self.c.min_fraction * (hi - start))))
+            window = score[lo : hi + 1]
+            j = lo + len(window) - 1 - int(np.argmax(window[::-1]))
+            cuts.append(j)
+            start = j
+        return cuts
+
+    def _longest(self, start: int, end: int, unit_bytes: np.ndarray) -> int:
+        """The furthest chunk end (unit index, >= start + 1) such that units [start, end) fit in chunk_size, or
+        ``end + 1`` when everything up to ``end`` fits (no cut needed yet). A single unit always "fits"."""
+        size = self.c.chunk_size
+        if self.c.count_tokens is None or not self.text_mode:
+            # last unit boundary within size of the start (at least one unit)
+            stop = int(np.searchsorted(self.offsets, self.offsets[start] + size, side="right")) - 1
+            return max(stop, start + 1) if stop < end else end + 1
+        count = self.c.count_tokens
+
+        def fits(stop: int) -> bool:
+            return count(self.data[unit_bytes[start] : unit_bytes[stop]].decode("utf-8", "surrogatepass")) <= size
+
+        span = size  # galloping: tokens of a tokenizer usually hold one or more characters
+        while start + span < end and fits(start + span):
+            span *= 2
+        if start + span >= end and fits(end):
+            return end + 1
+        lo, hi = start + 1, min(start + span, end)  # lo: allowed (a single unit may exceed); hi: does not fit
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
+
+def _reblock(file: BinaryIO, size: int) -> Iterator[bytes]:
+    """Blocks of exactly ``size`` bytes (the last one shorter) from a file whose reads may return less."""
+    pending = b""
+    while chunk := file.read(size - len(pending)):
+        pending += chunk
+        if len(pending) == size:
+            yield pending
+            pending = b""
+    if pending:
+        yield pending
+
+
+def chunk_text(
+    text: str | bytes,
+    chunk_size: int | None = None,
+    *,
+    model=None,
+    level: int | None = None,
+    tokenizer=None,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    **options: Any,
+) -> list[Chunk]:
+    """Split ``text`` into chunks where the model puts its boundaries (see :class:`HNetChunker` for the options).
+
+    ``"".join(c.text for c in chunks) == text`` and ``text[c.start_index:c.end_index] == c.text`` always hold.
+    """
+    chunker = HNetChunker(
+        model, chunk_size, level=level, tokenizer=tokenizer, device=device, batch_size=batch_size, **options
+    )  # cheap: the bundled model is loaded once per process
+    return chunker.chunk(text)
+
+

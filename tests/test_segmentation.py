@@ -1,0 +1,313 @@
+"""chunk_text / HNetChunker: lossless chunks at character edges, at most chunk_size, where the model's boundaries are."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dynamic_chunker import HNetConfig, HNetForCausalLM
+from dynamic_chunker.segmentation import (
+    BLANK_LINE,
+    NEWLINE,
+    SENTENCE_END,
+    Chunk,
+    HNetChunker,
+    boundary_signals,
+    char_edges,
+    chunk_text,
+    layout_scores,
+    token_counter,
+)
+
+
+def small_model(stages: int = 2, seed: int = 0) -> HNetForCausalLM:
+    """A random H-Net small enough that chunking a few kilobytes takes milliseconds."""
+    layout = ["m1", ["T1"], "m1"] if stages == 1 else ["m1", ["m1", ["T1"], "m1"], "m1"]
+    widths = [32, 64] if stages == 1 else [32, 32, 64]
+    config = HNetConfig.from_dict(
+        {
+            "arch_layout": layout,
+            "d_model": widths,
+            "d_intermediate": [0] * (len(widths) - 1) + [128],
+            "vocab_size": 256,
+            "ssm_cfg": {"chunk_size": 64, "d_conv": 4, "d_state": 16, "expand": 2},
+            "attn_cfg": {"num_heads": [1] * len(widths), "rotary_emb_dim": [16] * len(widths),
+                         "window_size": [-1] * len(widths)},
+        }
+    )
+    torch.manual_seed(seed)
+    return HNetForCausalLM(config).eval()
+
+
+MODEL = small_model()
+SAMPLE = (
+    "The kernel schedules tasks.  It keeps a run queue per CPU!\n\nA second paragraph follows? Yes.\n"
+    "def f(x):\n    return x + 1  # code\n"
+    "中文没有空格的句子。这是第二句！\n"
+    "emoji 😀👍🏽 and e\u0301 combining; שלום עולם (RTL) مرحبا\x00NUL\t tabs\r\n"
+)
+
+
+def check_chunks(text, chunks: list[Chunk], chunk_size: int | None = None):
+    joined = ("" if isinstance(text, str) else b"").join(c.text for c in chunks)
+    assert joined == text
+    encoded = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    position = 0
+    for c in chunks:
+        assert c.text, "no empty chunks"
+        assert text[c.start_index : c.end_index] == c.text
+        assert c.start_index == position
+        position = c.end_index
+        piece = c.text.encode("utf-8", "surrogatepass") if isinstance(c.text, str) else c.text
+        assert encoded[c.start_byte : c.end_byte] == piece
+        if chunk_size is not None:
+            assert len(c.text) <= chunk_size or len(c.text) == 1 or not isinstance(text, str)
+    assert position == len(text)
+
+
+# ------------------------------------------------------------------------------------------------ guarantees
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(max_size=300), chunk_size=st.integers(1, 60), layout=st.sampled_from([0.0, 1.0]))
+def test_any_text_is_chunked_losslessly_within_chunk_size(text, chunk_size, layout):
+    chunks = chunk_text(text, chunk_size, model=MODEL, layout_weight=layout)
+    check_chunks(text, chunks, chunk_size)
+    assert chunk_text(text, chunk_size, model=MODEL, layout_weight=layout) == chunks  # deterministic
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=300), chunk_size=st.integers(1, 40))
+def test_any_bytes_are_chunked_at_character_edges(data, chunk_size):
+    chunks = chunk_text(data, chunk_size, model=MODEL)
+    check_chunks(data, chunks)
+    edges = set(reference_edges(data))
+    for c in chunks:
+        assert c.start_index == c.start_byte and c.end_index == c.end_byte  # bytes in, byte offsets out
+        assert c.start_index in edges, "a cut inside a valid UTF-8 sequence"
+        assert len(c.text) <= chunk_size or reference_edges(c.text) == [0]  # too long only as one character
+
+
+def reference_edges(data: bytes) -> list[int]:
+    """Where characters start, by decoding: a valid UTF-8 sequence is one character, an invalid byte another."""
+    edges, i = [], 0
+    while i < len(data):
+        edges.append(i)
+        for k in (1, 2, 3, 4):
+            try:
+                if len(data[i : i + k].decode("utf-8")) == 1:
+                    i += k
+                    break
+            except UnicodeDecodeError:
+                continue
+        else:
+            i += 1
+    return edges
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=64) | st.text(max_size=20).map(lambda s: s.encode("utf-8", "surrogatepass")))
+def test_char_edges_match_a_decoder(data):
+    assert np.flatnonzero(char_edges(data, strict=True)).tolist() == reference_edges(data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", " \n\n\t  \r\n ", "\x00" * 50, "😀" * 40, "e\u0301" * 30, "שלום עולם " * 10, "中文没有空格" * 20, SAMPLE,
+     "\ud800 lone surrogate"],
+)
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+def test_special_texts(text, chunk_size):
+    chunks = chunk_text(text, chunk_size, model=MODEL)
+    check_chunks(text, chunks, chunk_size)
+    assert (chunks == []) == (text == "")
+
+
+def test_invalid_utf8_bytes_keep_byte_offsets():
+    data = b"ok \xff\xfe caf\xc3\xa9 \xe4\xb8\xad\xe6 end" * 5
+    chunks = chunk_text(data, 5, model=MODEL)
+    check_chunks(data, chunks)
+    assert all(isinstance(c.text, bytes) and c.token_count == len(c.text) for c in chunks)
+    assert max(len(c.text) for c in chunks) <= 5
+
+
+def test_first_chunk_opens_at_every_stage_and_levels_are_consistent():
+    chunks = chunk_text(SAMPLE, 40, model=MODEL)
+    assert chunks[0].level == 1 and chunks[0].score == 1.0
+    for c in chunks[1:]:
+        assert c.level in (None, 0, 1)
+        assert (c.score > 0.5) == (c.level is not None)
+
+
+# ------------------------------------------------------------------------------------------------ what is cut where
+def test_level_returns_the_stage_units_unchanged():
+    text = SAMPLE.encode("ascii", "ignore").decode()  # one byte per character: units map to bytes one to one
+    found = MODEL.boundaries(torch.tensor([[254, *text.encode()]]))
+    for stage in (0, 1):
+        starts = torch.nonzero(found.chunk_starts(stage)[0, 1:]).flatten().tolist()
+        chunks = chunk_text(text, model=MODEL, level=stage)
+        check_chunks(text, chunks)
+        assert [c.start_index for c in chunks] == sorted({0, *starts})
+        assert all(c.level is not None and c.level >= stage for c in chunks)
+
+
+def test_level_with_chunk_size_splits_only_long_units():
+    units = chunk_text(SAMPLE, model=MODEL, level=1)
+    limited = chunk_text(SAMPLE, 3, model=MODEL, level=1)
+    check_chunks(SAMPLE, limited, 3)
+    assert {c.start_index for c in units} <= {c.start_index for c in limited}
+
+
+def test_cuts_take_the_strongest_boundary_in_reach():
+    text = SAMPLE * 3
+    size = 50
+    chunker = HNetChunker(MODEL, size, layout_weight=0.0, min_fraction=0.5)
+    chunks = chunker.chunk(text)
+    probs = chunker.signals(text.encode())
+    edges = np.flatnonzero(char_edges(text.encode(), strict=False))
+    per_char = np.maximum.reduceat(probs, edges, axis=1)
+    strength = per_char.sum(axis=0)
+    for c, nxt in zip(chunks, chunks[1:]):
+        allowed = range(c.start_index + 25, c.start_index + size + 1)
+        best = max(strength[j] for j in allowed if j < len(text))
+        assert strength[nxt.start_index] == best
+
+
+def test_layout_only_ablation_cuts_at_paragraphs():
+    text = ("word " * 15 + "\n\n") * 10
+    chunks = chunk_text(text, 100, model=MODEL, model_weight=0.0)
+    check_chunks(text, chunks, 100)
+    assert all(c.text.endswith("\n\n") for c in chunks[:-1])
+
+
+def test_layout_scores():
+    text = b"One. Two\nThree\n\nFour!x\r\n\r\nFive\xe3\x80\x82Six"
+    score = layout_scores(text)
+    expected = np.zeros(len(text), dtype=np.float32)
+    expected[text.index(b"Two")] = SENTENCE_END
+    expected[text.index(b"Three")] = NEWLINE
+    expected[text.index(b"Four")] = BLANK_LINE
+    expected[text.index(b"Five")] = BLANK_LINE
+    expected[text.index(b"Six")] = SENTENCE_END
+    expected[text.index(b"\n\n") + 1] = NEWLINE  # between the two line breaks of a blank line
+    expected[text.index(b"\r\n\r\n") + 2] = NEWLINE  # after the first \r\n
+    np.testing.assert_array_equal(score, expected)
+    # context: the bytes before a block count
+    np.testing.assert_array_equal(layout_scores(b"Next", context=b"end.\n\n"), [BLANK_LINE, 0, 0, 0])
+
+
+# ------------------------------------------------------------------------------------------------ tokens
+def test_chunk_size_in_tokens_of_a_callable():
+    text = SAMPLE * 4
+    chunks = chunk_text(text, 12, model=MODEL, tokenizer=str.split)
+    check_chunks(text, chunks)
+    for c in chunks:
+        assert c.token_count == len(c.text.split()) <= 12 or len(c.text) == 1
+
+
+def test_chunk_size_in_tokens_of_a_hugging_face_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tokenizer.train_from_iterator([SAMPLE] * 20, trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
+    count = token_counter(tokenizer)
+    text = SAMPLE * 4
+    chunks = chunk_text(text, 20, model=MODEL, tokenizer=tokenizer)
+    check_chunks(text, chunks)
+    assert all(c.token_count == count(c.text) <= 20 for c in chunks)
+    assert sum(c.token_count for c in chunks) >= count(text)
+
+
+def test_bad_arguments_say_what_is_wrong():
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_text("x", 0, model=MODEL)
+    with pytest.raises(ValueError, match="level"):
+        chunk_text("x", model=MODEL, level=2)
+    with pytest.raises(TypeError, match="str or bytes"):
+        chunk_text(["x"], model=MODEL)
+    with pytest.raises(TypeError, match="tokenizer"):
+        chunk_text("x", 5, model=MODEL, tokenizer=3)
+    with pytest.raises(TypeError, match="model"):
+        chunk_text("x", 5, model=3)
+
+
+# ------------------------------------------------------------------------------------------------ long texts
+def test_windows_with_discarded_context_agree_with_longer_windows():
+    # The issue's check is 1 MB with the default window against twice that; with this random model (whose Mamba
+    # decays are as slow as a trained one's) 64 KB and windows of 2K / 4K bytes with 512 bytes of context run in
+    # seconds; benchmarks/chunk_speed.py measures the full-size check with the bundled model.
+    rng = np.random.default_rng(0)
+    words = [w.encode() for w in SAMPLE.split()]
+    data = b" ".join(words[i] for i in rng.integers(0, len(words), 12000))[: 1 << 16]
+    short = boundary_signals(MODEL, data, window=2048, overlap=512, batch_size=16) > 0.5
+    long = boundary_signals(MODEL, data, window=4096, overlap=512, batch_size=16) > 0.5
+    agreement = (short == long).mean(axis=1)
+    assert (agreement >= 0.999).all(), agreement
+
+
+def test_windows_are_exact_where_they_hold_the_whole_text():
+    data = SAMPLE.encode()
+    whole = MODEL.boundaries(torch.tensor([[254, *data]]))
+    probs = boundary_signals(MODEL, data, window=len(data) + 10, overlap=1)  # the BOS before it
+    torch.testing.assert_close(
+        torch.from_numpy(probs[0]), whole.routing[0].boundary_prob[0, 1:].float(), rtol=0, atol=1e-6
+    )
+
+
+def test_chunk_batch_equals_chunking_one_by_one():
+    chunker = HNetChunker(MODEL, 30, batch_size=3, window=256, context=64)
+    texts = [SAMPLE, "", "short text", SAMPLE * 5, b"bytes \xff in", "中文" * 30]
+    assert chunker.chunk_batch(texts) == [chunker.chunk(t) for t in texts]
+
+
+def test_streaming_a_file_gives_the_chunks_of_the_whole(tmp_path, monkeypatch):
+    import dynamic_chunker.segmentation as seg
+
+    monkeypatch.setattr(seg, "BLOCK_BYTES", 512)  # many blocks, and chunks that span them
+    data = (SAMPLE * 20).encode()
+    path = tmp_path / "text.txt"
+    path.write_bytes(data)
+    chunker = HNetChunker(MODEL, 100, window=256, context=64)
+    streamed = list(chunker.iter_chunks(path))
+    check_chunks(data, streamed, 100)
+    monkeypatch.setattr(seg, "BLOCK_BYTES", 1 << 20)
+    assert streamed == chunker.chunk(data)
+
+
+class SpaceRouter(torch.nn.Module):
+    """Stands in for a model: stage 0 fires after spaces. Makes the bounded-memory check fast on many megabytes."""
+
+    class config:  # noqa: N801 - mirrors HNetConfig's attribute
+        num_stages = 2
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def boundaries(self, ids, mask=None):
+        from dynamic_chunker.chunking import RoutingOutput
+        from dynamic_chunker.model import BoundaryOutput
+
+        prob = torch.nn.functional.pad((ids[:, :-1] == 32).float() * 0.8 + 0.1, (1, 0), value=1.0)
+        routing = RoutingOutput(prob, prob > 0.5, torch.maximum(prob, 1 - prob), mask)
+        return BoundaryOutput([routing], [torch.arange(ids.shape[1]).expand_as(ids)])
+
+
+def test_streaming_memory_does_not_grow_with_the_file(tmp_path, monkeypatch, one_thread):
+    from dynamic_chunker import segmentation as seg
+
+    monkeypatch.setattr(seg, "load_chunking_model", lambda model, device: model)
+    chunker = HNetChunker(SpaceRouter(), 200)
+    peaks = []
+    for megabytes in (1, 4):
+        path = tmp_path / f"{megabytes}.txt"
+        path.write_bytes((b"lorem ipsum dolor sit amet " * 40000 * megabytes)[: megabytes << 20])
+        tracemalloc.start()
+        total = sum(len(c.text) for c in chunker.iter_chunks(path))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert total == megabytes << 20
+    assert peaks[1] < peaks[0] * 1.5, peaks  # four times the file, about the same peak (a few blocks)
+    assert peaks[1] < 48 * seg.BLOCK_BYTES  # a few dozen bytes per byte of one block
