@@ -30,14 +30,14 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .evaluation.boundaries import WHITESPACE
+from .evaluation.targets import WHITESPACE
 
 BOS = 254  # byte that precedes every training document (data/corpus.py)
 BUNDLED_MODEL = "hnet_chunker_small"  # src/dynamic_chunker/models/<name>: config.json + model.safetensors
 DEFAULT_CHUNK_SIZE = 512
 DEFAULT_WINDOW = 8192
 DEFAULT_CONTEXT = 1024
-BLOCK_BYTES = 1 << 20  # bytes read at a time by iter_chunks
+BLOCK_BYTES = 1 << 18  # bytes processed at a time (a whole number of windows): what bounds the memory
 # Layout scores of a cut (see layout_scores): after a blank line, after a line break, after a sentence end.
 BLANK_LINE, NEWLINE, SENTENCE_END = 3.0, 2.0, 1.0
 SENTENCE_ENDERS = (b".", b"!", b"?", "。".encode(), "！".encode(), "？".encode())
@@ -268,7 +268,7 @@ class HNetChunker:
         if not 0 <= min_fraction <= 1:
             raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
         if window < 1 or context < 0 or batch_size < 1:
-            raise ValueError(f"window, batch_size >= 1 and context >= 0 required; got {window}, {batch_size}, {context}")
+            raise ValueError(f"need window, batch_size >= 1 and context >= 0; got {window}, {batch_size}, {context}")
         self.model = load_chunking_model(model, device)
         self.stages = self.model.config.num_stages - 1
         if level is not None and not (isinstance(level, int) and 0 <= level < max(self.stages, 1)):
@@ -306,7 +306,7 @@ class HNetChunker:
         ]
 
     def iter_chunks(self, source: str | Path | BinaryIO) -> Iterator[Chunk]:
-        """Stream the chunks of a file (path or binary file object), reading it in blocks of about a megabyte:
+        """Stream the chunks of a file (path or binary file object), reading it in blocks of BLOCK_BYTES:
         memory stays bounded however long the file is. Offsets are byte offsets and chunk texts ``bytes`` (as for
         bytes input); the chunks are those of ``chunk(the whole file's bytes)``."""
         if isinstance(source, str | Path):
@@ -429,8 +429,8 @@ class _Cutter:
         probs = np.maximum.reduceat(self.probs[:, :usable], where, axis=1)
         strength = probs.sum(axis=0)
         fired = probs > 0.5
-        reached = np.cumprod(fired, axis=0).astype(bool)  # fired at this stage and at every stage before it
-        level = reached.sum(axis=0).astype(np.int64) - 1
+        reached = np.logical_and.accumulate(fired, axis=0)  # fired at this stage and at every stage before it
+        level = reached.sum(axis=0, dtype=np.int8) - 1
         prob = np.take_along_axis(probs, np.maximum(level, 0)[None], axis=0)[0]
         return strength, level, prob
 
