@@ -387,6 +387,86 @@ def add_convert_parser(sub) -> None:
     p.set_defaults(func=cmd_convert)
 
 
+# ----------------------------------------------------------------------------------------------------------- chunk
+def add_chunk_parser(sub) -> None:
+    """``hnet chunk``: split a file into chunks with ``chunk_text`` (the bundled model by default)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from .segmentation import HNetChunker
+
+        require(args.chunk_size is None or args.chunk_size >= 1, f"--chunk-size must be at least 1, got {args.chunk_size}")
+        tokenizer = None
+        if args.tokenizer:
+            from tokenizers import Tokenizer
+
+            if not Path(args.tokenizer).is_file():
+                raise FileNotFoundError(f"--tokenizer {args.tokenizer}: no such tokenizer JSON file")
+            tokenizer = Tokenizer.from_file(args.tokenizer)
+        chunker = HNetChunker(
+            args.model, args.chunk_size, level=args.level, tokenizer=tokenizer, device=args.device,
+            batch_size=args.batch_size,
+        )
+        if args.stream:
+            require(args.file != "-" and args.format != "html", "--stream reads a file by name and writes text or jsonl")
+            text, chunks = None, chunker.iter_chunks(args.file)
+        else:
+            data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = data  # not UTF-8: chunked as bytes, offsets are byte offsets
+                print("hnet chunk: the input is not valid UTF-8; offsets are byte offsets", file=sys.stderr)
+            chunks = chunker.chunk(text)
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+        try:
+            if args.format == "html":
+                from .chunk_view import render_html
+
+                chunks = list(chunks)
+                data = text.encode("utf-8") if isinstance(text, str) else text
+                out.write(render_html(text, chunks, chunker.signals(data), title=f"hnet chunk {args.file}"))
+                return 0
+            for c in chunks:
+                piece = c.text if isinstance(c.text, str) else c.text.decode("utf-8", "replace")
+                if args.format == "jsonl":
+                    record = {"text": piece, "start_index": c.start_index, "end_index": c.end_index,
+                              "token_count": c.token_count, "start_byte": c.start_byte, "end_byte": c.end_byte,
+                              "level": c.level, "score": round(c.score, 4)}
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                else:
+                    out.write(piece + args.separator.encode().decode("unicode_escape"))
+        finally:
+            if args.out:
+                out.close()
+        return 0
+
+    p = sub.add_parser(
+        "chunk",
+        help="split a text file into chunks for retrieval where an H-Net puts its boundaries",
+        description="Split FILE (or - for standard input) into chunks of at most --chunk-size characters (default "
+        "512), cutting at the strongest learned boundaries of the model (the bundled one by default), or return "
+        "stage --level's units. Text formats print the chunks with a separator; jsonl gives one object per chunk "
+        "(text, character offsets start_index/end_index, byte offsets, token_count, level, score); html writes a page "
+        "showing every stage's boundaries and the chunks. Input that is not UTF-8 is chunked as bytes (byte offsets).",
+    )
+    p.add_argument("file", help="text file to chunk, or - for standard input")
+    p.add_argument("--chunk-size", type=int, help="most characters (or --tokenizer tokens) per chunk (default 512)")
+    p.add_argument("--level", type=int, help="return the learned units of this stage (0 = word-like) unchanged")
+    p.add_argument("--format", choices=["text", "jsonl", "html"], default="text", help="output format (default text)")
+    p.add_argument("--separator", default="\\n-----\\n", help="printed after each chunk in text format "
+                   "(escapes allowed; default \\n-----\\n)")
+    p.add_argument("--out", help="write here instead of standard output")
+    p.add_argument("--model", help="model folder, checkpoint file or Hub id (default: the bundled model)")
+    p.add_argument("--tokenizer", help="Hugging Face tokenizer JSON file: --chunk-size counts its tokens")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows of 8192 bytes per model call (default 8)")
+    p.add_argument("--stream", action="store_true", help="read a large file block by block (bounded memory; byte "
+                   "offsets, --chunk-size in bytes)")
+    p.set_defaults(func=run)
+
+
 # ------------------------------------------------------------------------------------------------------------ main
 SUBCOMMANDS = (
     add_info_parser,
@@ -396,6 +476,7 @@ SUBCOMMANDS = (
     add_generate_parser,
     add_boundaries_parser,
     add_convert_parser,
+    add_chunk_parser,
 )
 
 

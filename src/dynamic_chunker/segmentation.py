@@ -30,7 +30,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .evaluation.targets import WHITESPACE
+from .errors import InvalidArgument
+from .evaluation.boundaries import WHITESPACE
 
 BOS = 254  # byte that precedes every training document (data/corpus.py)
 BUNDLED_MODEL = "hnet_chunker_small"  # src/dynamic_chunker/models/<name>: config.json + model.safetensors
@@ -99,7 +100,7 @@ def boundary_signals(
     run after up to ``overlap`` bytes of what precedes it, whose outputs are discarded.
     """
     if window < 1 or overlap < 0 or batch_size < 1:
-        raise ValueError(f"window and batch_size must be >= 1 and overlap >= 0; got {window}, {overlap}, {batch_size}")
+        raise InvalidArgument(f"window and batch_size must be >= 1 and overlap >= 0; got {window}, {overlap}, {batch_size}")
     probs = np.zeros((max(model.config.num_stages - 1, 1), len(data)), dtype=np.float32)
     left = context[len(context) - overlap :] if overlap else b""
     stream = left + data
@@ -264,15 +265,15 @@ class HNetChunker:
         if chunk_size is None and level is None:
             chunk_size = DEFAULT_CHUNK_SIZE
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+            raise InvalidArgument(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if not 0 <= min_fraction <= 1:
-            raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+            raise InvalidArgument(f"min_fraction must be in [0, 1], got {min_fraction}")
         if window < 1 or context < 0 or batch_size < 1:
-            raise ValueError(f"need window, batch_size >= 1 and context >= 0; got {window}, {batch_size}, {context}")
+            raise InvalidArgument(f"need window, batch_size >= 1 and context >= 0; got {window}, {batch_size}, {context}")
         self.model = load_chunking_model(model, device)
         self.stages = self.model.config.num_stages - 1
         if level is not None and not (isinstance(level, int) and 0 <= level < max(self.stages, 1)):
-            raise ValueError(f"level must be a stage of the model, 0..{max(self.stages, 1) - 1}; got {level!r}")
+            raise InvalidArgument(f"level must be a stage of the model, 0..{max(self.stages, 1) - 1}; got {level!r}")
         self.chunk_size, self.level = chunk_size, level
         self.count_tokens = token_counter(tokenizer) if tokenizer is not None else None
         self.batch_size, self.window, self.context = batch_size, window, context
