@@ -396,7 +396,8 @@ def add_chunk_parser(sub) -> None:
 
         from .segmentation import HNetChunker
 
-        require(args.chunk_size is None or args.chunk_size >= 1, f"--chunk-size must be at least 1, got {args.chunk_size}")
+        size = args.chunk_size
+        require(size is None or size >= 1, f"--chunk-size must be at least 1, got {size}")
         tokenizer = None
         if args.tokenizer:
             from tokenizers import Tokenizer
@@ -409,7 +410,7 @@ def add_chunk_parser(sub) -> None:
             batch_size=args.batch_size,
         )
         if args.stream:
-            require(args.file != "-" and args.format != "html", "--stream reads a file by name and writes text or jsonl")
+            require(args.file != "-" and args.format != "html", "--stream reads a named file and writes text or jsonl")
             text, chunks = None, chunker.iter_chunks(args.file)
         else:
             data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()

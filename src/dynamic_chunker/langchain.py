@@ -39,7 +39,7 @@ class HNetTextSplitter(TextSplitter):
     def create_documents(self, texts: list[str], metadatas: list[dict[Any, Any]] | None = None) -> list[Document]:
         metadatas = metadatas or [{}] * len(texts)
         documents = []
-        for text, metadata, chunks in zip(texts, metadatas, self.chunker.chunk_batch(texts)):
+        for metadata, chunks in zip(metadatas, self.chunker.chunk_batch(texts)):
             for c in chunks:
                 extra = {"start_index": c.start_index, "end_index": c.end_index, "level": c.level, "score": c.score}
                 documents.append(Document(page_content=c.text, metadata={**copy.deepcopy(metadata), **extra}))

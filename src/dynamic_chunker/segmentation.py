@@ -100,7 +100,7 @@ def boundary_signals(
     run after up to ``overlap`` bytes of what precedes it, whose outputs are discarded.
     """
     if window < 1 or overlap < 0 or batch_size < 1:
-        raise InvalidArgument(f"window and batch_size must be >= 1 and overlap >= 0; got {window}, {overlap}, {batch_size}")
+        raise InvalidArgument(f"need window, batch_size >= 1 and overlap >= 0; got {window}, {batch_size}, {overlap}")
     probs = np.zeros((max(model.config.num_stages - 1, 1), len(data)), dtype=np.float32)
     left = context[len(context) - overlap :] if overlap else b""
     stream = left + data
@@ -269,7 +269,7 @@ class HNetChunker:
         if not 0 <= min_fraction <= 1:
             raise InvalidArgument(f"min_fraction must be in [0, 1], got {min_fraction}")
         if window < 1 or context < 0 or batch_size < 1:
-            raise InvalidArgument(f"need window, batch_size >= 1 and context >= 0; got {window}, {batch_size}, {context}")
+            raise InvalidArgument(f"need window, batch_size >= 1, context >= 0; got {window}, {batch_size}, {context}")
         self.model = load_chunking_model(model, device)
         self.stages = self.model.config.num_stages - 1
         if level is not None and not (isinstance(level, int) and 0 <= level < max(self.stages, 1)):
