@@ -387,6 +387,37 @@ def add_convert_parser(sub) -> None:
     p.set_defaults(func=cmd_convert)
 
 
+# ------------------------------------------------------------------------------------------------------------ eval
+def add_eval_parser(sub) -> None:
+    """``hnet eval``: a parent for the evaluations, each its own subcommand."""
+    p = sub.add_parser("eval", help="evaluate chunkers and models (`hnet eval retrieval`)")
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+    add_eval_retrieval_parser(eval_sub)
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from .evaluation.retrieval_benchmark import run
+
+    return run(args)
+
+
+def add_eval_retrieval_parser(eval_sub) -> None:
+    """``hnet eval retrieval``: chunkers scored on question-answering retrieval (needs the ``rag`` extra)."""
+    from .evaluation.retrieval_benchmark import add_arguments
+
+    p = eval_sub.add_parser(
+        "retrieval",
+        help="score chunkers for retrieval (RAG) on SQuAD questions against common baselines",
+        description="Chunk SQuAD articles (or your own SQuAD-form JSON), embed the chunks with a sentence-transformers "
+        "model (cached on disk), retrieve the top-k chunks for each question from one pool and score recall, "
+        "precision, IoU and hit of the answer characters, with standard errors; baselines (fixed-size, LangChain, "
+        "semchunk, chonkie) are calibrated to target mean chunk lengths. Needs pip install -e '.[rag]'; set "
+        "HF_HUB_OFFLINE=1 to stay offline.",
+    )
+    add_arguments(p, "retrieval")
+    p.set_defaults(func=cmd_eval_retrieval)
+
+
 # ------------------------------------------------------------------------------------------------------------ main
 SUBCOMMANDS = (
     add_info_parser,
@@ -396,6 +427,7 @@ SUBCOMMANDS = (
     add_generate_parser,
     add_boundaries_parser,
     add_convert_parser,
+    add_eval_parser,
 )
 
 
