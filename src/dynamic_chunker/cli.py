@@ -390,7 +390,11 @@ def add_convert_parser(sub) -> None:
 # ------------------------------------------------------------------------------------------------------------ eval
 def add_eval_parser(sub) -> None:
     """``hnet eval``: a parent for the evaluations, each its own subcommand."""
-    p = sub.add_parser("eval", help="evaluate chunkers and models (`hnet eval retrieval`)")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate chunkers and models (`hnet eval retrieval`)",
+        description="Evaluations, one subcommand each: `hnet eval retrieval` scores chunkers for retrieval (RAG).",
+    )
     eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
     add_eval_retrieval_parser(eval_sub)
 
