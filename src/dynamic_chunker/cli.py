@@ -466,6 +466,39 @@ def add_chunk_parser(sub) -> None:
     p.add_argument("--stream", action="store_true", help="read a large file block by block (bounded memory; byte "
                    "offsets, --chunk-size in bytes)")
     p.set_defaults(func=run)
+# ------------------------------------------------------------------------------------------------------------ eval
+def add_eval_parser(sub) -> None:
+    """``hnet eval``: a parent for the evaluations, each its own subcommand."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate chunkers and models (`hnet eval retrieval`)",
+        description="Evaluations, one subcommand each: `hnet eval retrieval` scores chunkers for retrieval (RAG).",
+    )
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+    add_eval_retrieval_parser(eval_sub)
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from .evaluation.retrieval_benchmark import run
+
+    return run(args)
+
+
+def add_eval_retrieval_parser(eval_sub) -> None:
+    """``hnet eval retrieval``: chunkers scored on question-answering retrieval (needs the ``rag`` extra)."""
+    from .evaluation.retrieval_benchmark import add_arguments
+
+    p = eval_sub.add_parser(
+        "retrieval",
+        help="score chunkers for retrieval (RAG) on SQuAD questions against common baselines",
+        description="Chunk SQuAD articles (or your own SQuAD-form JSON), embed the chunks with a sentence-transformers "
+        "model (cached on disk), retrieve the top-k chunks for each question from one pool and score recall, "
+        "precision, IoU and hit of the answer characters, with standard errors; baselines (fixed-size, LangChain, "
+        "semchunk, chonkie) are calibrated to target mean chunk lengths. Needs pip install -e '.[rag]'; set "
+        "HF_HUB_OFFLINE=1 to stay offline.",
+    )
+    add_arguments(p, "retrieval")
+    p.set_defaults(func=cmd_eval_retrieval)
 
 
 # ------------------------------------------------------------------------------------------------------------ main
@@ -478,6 +511,7 @@ SUBCOMMANDS = (
     add_boundaries_parser,
     add_convert_parser,
     add_chunk_parser,
+    add_eval_parser,
 )
 
 
