@@ -320,6 +320,14 @@ class HNetChunker:
         # a whole number of windows, so that windows fall at the same places whatever the block boundaries
         return max(1, BLOCK_BYTES // self.window) * self.window
 
+    def cut(self, text: str | bytes, probs: np.ndarray) -> list[Chunk]:
+        """Chunks of ``text`` from its signals (``signals(text as UTF-8)``): tries other sizes or weights without
+        running the model again."""
+        data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+        if probs.shape[-1] != len(data):
+            raise InvalidArgument(f"signals for {probs.shape[-1]} bytes given with a text of {len(data)} bytes")
+        return list(self._cut_stream([(data, probs)], text_mode=isinstance(text, str)))
+
     # -------------------------------------------------------------------------------------------- internals
     def signals(self, data: bytes, context: bytes = bytes([BOS])) -> np.ndarray:
         """(stages, len(data)) boundary probabilities (see :func:`boundary_signals`)."""

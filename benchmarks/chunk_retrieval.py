@@ -1,0 +1,159 @@
+"""chunk_text on the retrieval benchmark, beside the baselines of `benchmarks/results/retrieval_squad.json.gz`.
+
+    python benchmarks/chunk_retrieval.py [--sizes 275,550,128] [--variants flat,paragraphs] [--cache-dir DIR]
+
+1. The bundled model's boundary signals of every article are computed once (`HNetChunker.signals`); every setting below
+   cuts from them (`HNetChunker.cut`), so the MB/s column here is the cutter alone (benchmarks/chunk_speed.py times
+   the whole of chunk_text).
+2. For each target mean length, `chunk_size` is calibrated so the mean chunk length is within 2% of the target (the
+   baselines' means are within 2% of theirs, so within 5% of each baseline's).
+3. A cheap screen without embeddings picks the cutter's settings: for each (layout_weight, min_fraction) the share of
+   questions whose answer is cut in two (lower is better), at every size and variant.
+4. The chosen setting and the ablation (`model_weight=0`: layout scores only, same cutter) are scored with MiniLM
+   embeddings; the report merges the baselines' per-question scores for paired comparisons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dynamic_chunker.evaluation.retrieval import evaluate_chunkers, load_corpus
+from dynamic_chunker.evaluation.retrieval_benchmark import variant_record, write_outputs
+from dynamic_chunker.segmentation import HNetChunker
+
+RESULTS = Path(__file__).parent / "results"
+BASELINES = RESULTS / "retrieval_squad.json.gz"
+SETTINGS = [(lw, mf) for lw in (0.0, 0.5, 1.0, 2.0) for mf in (0.3, 0.6)]
+
+
+class CachedCut:
+    """text -> (start, end) spans, cutting from precomputed signals with the given chunker settings."""
+
+    def __init__(self, chunker: HNetChunker, signals: dict[str, np.ndarray]):
+        self.chunker, self.signals = chunker, signals
+
+    def __call__(self, text: str) -> list[tuple[int, int]]:
+        return [(c.start_index, c.end_index) for c in self.chunker.cut(text, self.signals[text])]
+
+
+def spans_for(documents, signals, model, size, **options) -> list[list[tuple[int, int]]]:
+    cut = CachedCut(HNetChunker(model, size, **options), signals)
+    return [cut(d) for d in documents]
+
+
+def calibrate(documents, signals, model, target: float, **options) -> tuple[int, float]:
+    """The chunk_size whose mean chunk length is nearest ``target`` (bisection; the mean grows with the size)."""
+    lo, hi, best = 8, int(target * 4), None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        spans = spans_for(documents, signals, model, mid, **options)
+        mean = float(np.mean([e - s for doc in spans for s, e in doc]))
+        if best is None or abs(mean - target) < abs(best[1] - target):
+            best = (mid, mean)
+        lo, hi = (mid + 1, hi) if mean < target else (lo, mid - 1)
+    return best
+
+
+def split_answers(corpus, spans) -> float:
+    """Share of questions whose evidence answer crosses a chunk boundary."""
+    ends = [np.array([e for _, e in doc]) for doc in spans]
+    split = [bool(((ends[q.document] > q.answers[0][0]) & (ends[q.document] < q.answers[0][1])).any())
+             for q in corpus.questions]  # fmt: skip
+    return float(np.mean(split))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="275,550,128")
+    parser.add_argument("--screen-sizes", default="275", help="target sizes of the settings screen")
+    parser.add_argument("--variants", default="flat,paragraphs")
+    parser.add_argument("--model", help="chunking model (default: the bundled one)")
+    parser.add_argument("--cache-dir", help="embedding cache (default: the benchmark's)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--screen-only", action="store_true", help="stop after the settings screen")
+    parser.add_argument("--out", default=str(RESULTS / "chunk_retrieval"))
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    begin = time.perf_counter()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    variants = args.variants.split(",")
+    model = HNetChunker(args.model).model
+    corpora, signals = {}, {}
+    for variant in variants:
+        corpus = corpora[variant] = load_corpus(None, variant)
+        t = time.perf_counter()
+        chunker = HNetChunker(model)
+        signals[variant] = {d: chunker.signals(d.encode("utf-8")) for d in corpus.documents}
+        mb = sum(len(d.encode()) for d in corpus.documents) / 1e6
+        print(f"{variant}: signals of {mb:.2f} MB in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+
+    # --- the settings screen (no embeddings)
+    screen = {}
+    screen_sizes = [int(s) for s in args.screen_sizes.split(",")]
+    lines = ["| layout_weight | min_fraction | " + " | ".join(f"{v}@{s}" for v in variants for s in screen_sizes)
+             + " | mean |", "|---|---|" + "---|" * (len(variants) * len(screen_sizes) + 1)]  # fmt: skip
+    for lw, mf in [*SETTINGS, ("layout only", 0.5)]:
+        options = {"layout_weight": 1.0, "model_weight": 0.0} if lw == "layout only" else {"layout_weight": lw}
+        options["min_fraction"] = mf
+        rates = []
+        for variant in variants:
+            corpus = corpora[variant]
+            for size in screen_sizes:
+                param, _ = calibrate(corpus.documents, signals[variant], model, size, **options)
+                rates.append(split_answers(corpus, spans_for(corpus.documents, signals[variant], model, param,
+                                                             **options)))  # fmt: skip
+        screen[(lw, mf)] = float(np.mean(rates))
+        cells = " | ".join(f"{r * 100:.1f}" for r in rates)
+        lines.append(f"| {lw} | {mf} | {cells} | {screen[(lw, mf)] * 100:.2f} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    learned = {k: v for k, v in screen.items() if k[0] != "layout only"}
+    best_lw, best_mf = min(learned, key=learned.get)
+    screen_md = "\n".join(lines)
+    Path(args.out + "_screen.md").write_text(
+        "# chunk_text settings screen: % of SQuAD answers cut in two (lower is better), at matched mean lengths\n\n"
+        f"Command: `{' '.join(sys.argv)}`; chosen: layout_weight {best_lw}, min_fraction {best_mf}\n\n{screen_md}\n",
+        encoding="utf-8",
+    )
+    if args.screen_only:
+        return
+
+    # --- embeddings: the chosen setting and the layout-only ablation
+    from dynamic_chunker.evaluation.embeddings import DEFAULT_CACHE, CachedEmbedder
+
+    embedder = CachedEmbedder("sentence-transformers/all-MiniLM-L6-v2", args.cache_dir or DEFAULT_CACHE, 64, "cpu",
+                              args.threads)  # fmt: skip
+    with gzip.open(BASELINES, "rt", encoding="utf-8") as file:
+        baselines = json.load(file)
+    report = {"model": embedder.model_id, "k": [1, 5, 10], "variants": {}}
+    runs = [
+        ("chunk_text", {"layout_weight": best_lw, "min_fraction": best_mf}),
+        ("chunk_text-layout-only", {"layout_weight": 1.0, "model_weight": 0.0, "min_fraction": best_mf}),
+    ]
+    results = {v: {} for v in variants}
+    for size in sizes:
+        for name, options in runs:
+            for variant in variants:
+                corpus = corpora[variant]
+                param, mean = calibrate(corpus.documents, signals[variant], model, size, **options)
+                key = f"{name}@{size}"
+                info = {key: {"chunker": name, "target": size, "param": param, **options}}
+                cut = CachedCut(HNetChunker(model, param, **options), signals[variant])
+                print(f"{variant}: scoring {key} (chunk_size {param}, mean {mean:.1f})", file=sys.stderr, flush=True)
+                results[variant].update(evaluate_chunkers(corpus, {key: cut}, embedder, (1, 5, 10), 1, info))
+                report["variants"][variant] = variant_record(corpus, results[variant], {})
+                write_outputs(report, [baselines], embedder, begin, Path(args.out), final=False)
+    print(write_outputs(report, [baselines], embedder, begin, Path(args.out), final=True))
+
+
+if __name__ == "__main__":
+    main()
+
