@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  `make demo` (the main job) and `make test` (the test suite).
+# Two commands on a fresh machine:  `make demo` (the main job: chunk_text) and `make test` (the test suite).
 # Both create .venv on first use. TORCH pins the CPU build available on our CI machines; any torch >= 2.5 works,
 # e.g. `make test TORCH=torch` on a CUDA machine.
 PYTHON ?= python3
@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-peer clean
+.PHONY: demo demo-train chromium test lint bench bench-peer clean
 
 $(BIN)/hnet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,16 +15,31 @@ $(BIN)/hnet: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(BIN)/hnet
 
-# The main job: check parity with the official implementation, build the English corpus from Debian packages,
+# The main job: chunk the bundled samples (English prose, Python source, Chinese) with the bundled model, print the
+# chunks and write the HTML view of the English one (every stage's boundaries and the chunks) to chunks.html.
+SAMPLES := src/dynamic_chunker/samples
+demo: $(BIN)/hnet
+	for sample in english.txt python.py chinese.txt; do \
+		echo "=== $$sample"; $(BIN)/hnet chunk $(SAMPLES)/$$sample --chunk-size 200 || exit 1; done
+	$(BIN)/hnet chunk $(SAMPLES)/english.txt --chunk-size 200 --format html --out chunks.html
+	@echo "wrote chunks.html"
+
+# Training demo: check parity with the official implementation, build the English corpus from Debian packages,
 # train the tiny 1-stage H-Net for DEMO_MINUTES on this machine, then sample from it.
 DEMO_MINUTES ?= 5
-demo: $(BIN)/hnet
+demo-train: $(BIN)/hnet
 	$(BIN)/hnet verify tests/fixtures/official/tiny_1stage tests/fixtures/official/tiny_2stage
 	$(BIN)/hnet data prepare english
 	$(BIN)/hnet train configs/tiny_1stage.yaml --max-minutes $(DEMO_MINUTES) --out runs/demo --overwrite
 	$(BIN)/hnet generate --model runs/demo --prompt "The kernel" --max-bytes 200 --seed 0
 
-test: $(BIN)/hnet
+# Headless Chromium for the HTML view's test (Debian package), installed only if missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
+test: $(BIN)/hnet chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 

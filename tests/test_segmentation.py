@@ -182,7 +182,7 @@ def test_layout_only_ablation_cuts_at_paragraphs():
 
 
 def test_layout_scores():
-    text = b"One. Two\nThree\n\nFour!x\r\n\r\nFive\xe3\x80\x82Six"
+    text = b"One. Two\nThree\n\nFour!x\r\n\r\nFive\xe3\x80\x82Six.\nSeven"
     score = layout_scores(text)
     expected = np.zeros(len(text), dtype=np.float32)
     expected[text.index(b"Two")] = SENTENCE_END
@@ -190,6 +190,7 @@ def test_layout_scores():
     expected[text.index(b"Four")] = BLANK_LINE
     expected[text.index(b"Five")] = BLANK_LINE
     expected[text.index(b"Six")] = SENTENCE_END
+    expected[text.index(b"Seven")] = SENTENCE_END  # a line break after a sentence end: the stronger of the two
     expected[text.index(b"\n\n") + 1] = NEWLINE  # between the two line breaks of a blank line
     expected[text.index(b"\r\n\r\n") + 2] = NEWLINE  # after the first \r\n
     np.testing.assert_array_equal(score, expected)
@@ -312,3 +313,22 @@ def test_streaming_memory_does_not_grow_with_the_file(tmp_path, monkeypatch, one
         assert total == blocks << 16
     assert peaks[1] < peaks[0] * 1.25, peaks  # four times the file, about the same peak
     assert peaks[1] < 100 * seg.BLOCK_BYTES  # a few dozen bytes per byte of one block
+
+
+# ------------------------------------------------------------------------------------------------ the bundled model
+def test_bundled_model_chunks_the_samples():
+    from importlib.resources import files
+
+    samples = files("dynamic_chunker") / "samples"
+    chunker = HNetChunker(chunk_size=200)  # the bundled model
+    assert chunker.model.config.num_stages == 3
+    for name in ("english.txt", "python.py", "chinese.txt"):
+        text = (samples / name).read_text(encoding="utf-8")
+        chunks = chunker.chunk(text)
+        check_chunks(text, chunks, 200)
+    english = (samples / "english.txt").read_text(encoding="utf-8")
+    words = chunk_text(english, model=None, level=0)
+    starts = [c.start_index for c in words[1:]]
+    after_space = np.mean([english[i - 1].isspace() for i in starts])
+    assert after_space > 0.6, after_space  # its stage 0 was warm-started on word starts (model card: 0.80 on val)
+    assert 3 < len(english) / len(words) < 8  # about a word per unit

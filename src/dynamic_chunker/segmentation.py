@@ -39,8 +39,9 @@ DEFAULT_CHUNK_SIZE = 512
 DEFAULT_WINDOW = 8192
 DEFAULT_CONTEXT = 1024
 BLOCK_BYTES = 1 << 18  # bytes processed at a time (a whole number of windows): what bounds the memory
-# Layout scores of a cut (see layout_scores): after a blank line, after a line break, after a sentence end.
-BLANK_LINE, NEWLINE, SENTENCE_END = 3.0, 2.0, 1.0
+# Layout scores of a cut (see layout_scores): after a blank line, after a sentence end, after a line break (weakest:
+# prose is often hard-wrapped, so a single line break says little).
+BLANK_LINE, SENTENCE_END, NEWLINE = 3.0, 2.0, 1.0
 SENTENCE_ENDERS = (b".", b"!", b"?", "。".encode(), "！".encode(), "？".encode())
 
 
@@ -156,7 +157,7 @@ def char_edges(data: bytes, strict: bool) -> np.ndarray:
 
 def layout_scores(data: bytes, context: bytes = b"") -> np.ndarray:
     """(len(data),) float32: how strongly the layout suggests a cut before each byte: BLANK_LINE after a blank line,
-    NEWLINE after a line break, SENTENCE_END after a sentence end (. ! ? then whitespace, or 。！？), else 0.
+    SENTENCE_END after a sentence end (. ! ? then whitespace, or 。！？), NEWLINE after another line break, else 0.
     ``context`` is the text before ``data`` (its last few bytes are looked at)."""
     tail = context[-8:]
     b = np.frombuffer(tail + data, dtype=np.uint8)
@@ -176,8 +177,8 @@ def layout_scores(data: bytes, context: bytes = b"") -> np.ndarray:
     for ender in SENTENCE_ENDERS[3:]:
         e = np.frombuffer(ender, np.uint8)
         wide_end |= (before(3) == e[0]) & (prev2 == e[1]) & (prev == e[2])
-    score[ascii_end | wide_end] = SENTENCE_END
     score[prev == 0x0A] = NEWLINE
+    score[ascii_end | wide_end] = SENTENCE_END
     score[(prev == 0x0A) & ((prev2 == 0x0A) | ((prev2 == 0x0D) & (before(3) == 0x0A)))] = BLANK_LINE
     return score
 
