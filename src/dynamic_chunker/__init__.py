@@ -4,16 +4,20 @@ from .checkpoints import from_pretrained
 from .chunking import RoutingOutput, ratio_loss
 from .config import HNetConfig
 from .model import BoundaryOutput, HNet, HNetForCausalLM, HNetOutput, InferenceCache, StepOutput, parameter_groups
+from .segmentation import Chunk, HNetChunker, chunk_text
 
 __all__ = [
     "BoundaryOutput",
+    "Chunk",
     "HNet",
+    "HNetChunker",
     "HNetConfig",
     "HNetForCausalLM",
     "HNetOutput",
     "InferenceCache",
     "RoutingOutput",
     "StepOutput",
+    "chunk_text",
     "from_pretrained",
     "parameter_groups",
     "ratio_loss",
