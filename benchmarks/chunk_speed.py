@@ -29,7 +29,12 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def english(size: int) -> str:
-    data = (Path(__file__).resolve().parents[1] / "data" / "english" / "val.bin").read_bytes()
+    """The validation split, then as much of the training split as ``size`` needs (documents joined by newlines)."""
+    folder = Path(__file__).resolve().parents[1] / "data" / "english"
+    data = (folder / "val.bin").read_bytes()
+    if len(data) < size:
+        with open(folder / "train.bin", "rb") as file:
+            data += file.read(size - len(data))
     return data.replace(bytes([254]), b"\n")[:size].decode("utf-8", "ignore")
 
 
@@ -116,8 +121,8 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, mb, mean, rate, sem_mean, sem_rate, embed_rate, count in rows:
-        lines.append(f"| {name} | {mb:.2f} | {count:,} | {mean:.0f} | {rate:.3f} | {sem_mean:.0f} | {sem_rate:.2f} | "
-                     f"{embed_rate:.3f} | {rate / embed_rate:.2f} |")  # fmt: skip
+        lines.append(f"| {name} | {mb:.2f} | {count:,} | {mean:.0f} | {rate:.4g} | {sem_mean:.0f} | {sem_rate:.4g} | "
+                     f"{embed_rate:.4g} | {rate / embed_rate:.2f} |")  # fmt: skip
     if agreement is not None:
         n, share = agreement
         stages = ", ".join(f"stage {s}: {x * 100:.3f}%" for s, x in enumerate(share))
