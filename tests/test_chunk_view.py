@@ -28,9 +28,8 @@ def test_html_holds_the_text_every_chunk_and_every_boundary():
 
     chunks, doc = page(SAMPLE)
     body = doc.split("<div class='text'>")[1].split("</div>")[0]
-    visible = html.unescape(re.sub(r'<span class="badge">\d+</span>', "", re.sub(r"</?span[^>]*>", lambda m: (
-        m.group(0) if "badge" in m.group(0) else ""), body)))
-    assert re.sub(r"\d+", "", visible.replace("\ufffd", "")) == re.sub(r"\d+", "", SAMPLE)  # the text, nothing lost
+    without_badges = re.sub(r'<span class="badge">\d+</span>', "", body)
+    assert html.unescape(re.sub(r"</?span[^>]*>", "", without_badges)) == SAMPLE  # the text, nothing lost or added
     assert body.count('class="chunk"') == len(chunks)
     assert "test &lt;page&gt;" in doc  # escaped
     stage1 = sum(c.level == 1 for c in chunks)
