@@ -92,7 +92,7 @@ class HNet(nn.Module):
         self.encoder = stack(stacks["encoder"])
         self.main_network = HNet(config, stage + 1, **factory)
         self.decoder = stack(stacks["decoder"])
-        self.routing_module = RoutingModule(d, **factory)
+        self.routing_module = RoutingModule(d, config.rule(stage), **factory)
         self.chunk_layer = ChunkLayer()
         self.dechunk_layer = DeChunkLayer()
         # fp32 on purpose, as in the official model (float64 in a float64 model)
@@ -100,11 +100,16 @@ class HNet(nn.Module):
         nn.init.zeros_(self.residual_proj.weight)
 
     def forward(
-        self, x: torch.Tensor, segments: Segments, cache: StageCache | None = None
+        self,
+        x: torch.Tensor,
+        segments: Segments,
+        cache: StageCache | None = None,
+        input_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[RoutingOutput]]:
         """x (B, L, D_in) -> (B, L, D_in) and the routing decisions of this and every inner stage.
 
         With ``cache`` (prefill) every component also stores its decoding state at each row's last valid position.
+        ``input_ids`` (B, L): the bytes, at stage 0 only (for the ``space`` boundary rule).
         """
         if cache is None:
             cache = StageCache()
@@ -115,7 +120,7 @@ class HNet(nn.Module):
 
         hidden = self.encoder(x, segments, cache.encoder)
         residual = self.residual_proj(upcast(hidden))
-        routing = self.routing_module(hidden, segments, cache.routing)
+        routing = self.routing_module(hidden, segments, cache.routing, input_ids)
         chunks, inner_segments, index = self.chunk_layer(hidden, routing, segments)
         inner_out, inner_routing = self.main_network(chunks, inner_segments, cache.main)
         upsampled = self.dechunk_layer(inner_out, routing, index, inner_segments, cache.dechunk)
@@ -232,7 +237,8 @@ class HNetForCausalLM(nn.Module):
             _check_prefill(inference_params, input_ids.shape, document_ids)
             stages = inference_params.stages
             inference_params.seqlen_offset = input_ids.shape[1]
-        hidden, routing = self.backbone(self.embeddings(input_ids.long()), segments, stages)  # uint8 ids are fine too
+        # uint8 ids are fine too
+        hidden, routing = self.backbone(self.embeddings(input_ids.long()), segments, stages, input_ids)
         return HNetOutput(self.lm_head(hidden), routing)
 
     @torch.inference_mode()
@@ -246,10 +252,11 @@ class HNetForCausalLM(nn.Module):
         batch, length = input_ids.shape
         x = self.embeddings(input_ids.long())
         positions = torch.arange(length, device=input_ids.device).expand(batch, length)
-        routing, where, stage = [], [], self.backbone
+        routing, where, stage, ids = [], [], self.backbone, input_ids
         while not stage.is_innermost:
             hidden = stage.encoder(stage.widen(x), segments)
-            routing.append(stage.routing_module(hidden, segments))
+            routing.append(stage.routing_module(hidden, segments, input_ids=ids))
+            ids = None  # bytes exist at stage 0 only
             where.append(positions)
             if stage.main_network.is_innermost:
                 break  # the last router's chunks would only feed the innermost network

@@ -70,6 +70,12 @@ class BoundaryScore:
     recall: float  # share of reference positions that get a boundary
     base_rate: float  # share of all positions that are reference positions (the precision of random boundaries)
 
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall (0 when both are 0)."""
+        total = self.precision + self.recall
+        return 2 * self.precision * self.recall / total if total else 0.0
+
 
 def score_boundaries(data: bytes, starts: torch.Tensor, exclude: torch.Tensor | None = None) -> list[BoundaryScore]:
     """Precision and recall of ``starts`` (bool over ``data``) against each reference of :func:`reference_positions`;

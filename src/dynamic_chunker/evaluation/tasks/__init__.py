@@ -1,0 +1,38 @@
+"""Zero-shot tasks (one module per family) and their registry: ``TASKS[name]()`` -> :class:`Task`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from .base import Item, Task, evaluate, score
+from .hellaswag import hellaswag
+from .lambada import lambada
+from .multiple_choice import arc_challenge, arc_easy, openbookqa, piqa
+from .winograd import XWINOGRAD_LANGUAGES, winogrande, xwinograd
+
+TASKS: dict[str, Callable[[], Task]] = {
+    "hellaswag": hellaswag,
+    "piqa": piqa,
+    "arc_easy": arc_easy,
+    "arc_challenge": arc_challenge,
+    "winogrande": winogrande,
+    "lambada": lambada,
+    "openbookqa": openbookqa,
+    **{f"xwinograd_{lang}": partial(xwinograd, lang) for lang in XWINOGRAD_LANGUAGES},
+}
+
+
+def load_task(name: str, limit: int | None = None) -> Task:
+    """Task ``name`` with its first ``limit`` items (all when None)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    task = TASKS[name]()
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {limit}")
+        task.items = task.items[:limit]
+    return task
+
+
+__all__ = ["TASKS", "Item", "Task", "evaluate", "load_task", "score"]
