@@ -151,6 +151,103 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """hnet eval bpb|tasks|robustness: results printed and written to --out (default MODEL/eval) as JSON + markdown."""
+    from .evaluation import bits_per_byte, load_lm
+    from .evaluation.report import write_report
+
+    model_dir = Path(args.model)
+    out = Path(args.out) if args.out else (model_dir if model_dir.is_dir() else model_dir.parent) / "eval"
+    lm = load_lm(args.model, device=args.device)
+    meta = {"model": str(args.model), "model_type": type(lm).__name__}
+    progress = not args.no_progress
+    if args.eval_command == "bpb":
+        sources = [args.text is not None, args.file is not None, args.corpus is not None]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one of --corpus, --file or --text")
+        if args.corpus is not None:
+            from .data import PreparedCorpus
+
+            source, where = PreparedCorpus(args.corpus).split(args.split), f"{args.corpus} ({args.split})"
+        elif args.file is not None:
+            source, where = Path(args.file), args.file
+        else:
+            source, where = args.text, "--text"
+        result = bits_per_byte(lm, source, args.window, args.batch_size, args.max_windows, progress)
+        sections, title = {"bits per byte": {where: result.to_dict()}}, "Bits per byte"
+    elif args.eval_command == "tasks":
+        from .evaluation.tasks import evaluate_tasks
+
+        results = evaluate_tasks(lm, args.tasks, args.limit, args.batch_size, progress)
+        sections, title = {"zero-shot": results}, "Zero-shot tasks"
+        meta["limit"] = args.limit
+    else:
+        from .evaluation.robustness import evaluate_robustness
+
+        results = evaluate_robustness(lm, args.limit, args.seed, args.perturbations, args.batch_size, None, progress)
+        sections, title = {"HellaSwag under noise": results}, "Robustness (noised HellaSwag)"
+        meta.update(limit=args.limit, seed=args.seed)
+    path = write_report(out, args.eval_command, title, sections, meta)
+    print(path.read_text())
+    print(f"written to {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def add_eval_parser(sub) -> None:
+    """``hnet eval bpb|tasks|robustness MODEL``."""
+    from .evaluation.perturb import PERTURBATIONS
+    from .evaluation.tasks import TASKS
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model: bits per byte, zero-shot tasks, robustness to character noise",
+        description="Evaluate a model folder (byte models, or a token model with tokenizer.json next to it). Results "
+        "are printed and written as NAME.json and NAME.md to --out (default: MODEL/eval).",
+    )
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("model", help="model folder (config.json + model.safetensors), checkpoint file or Hub id")
+        q.add_argument("--out", help="folder for the results (default: MODEL/eval)")
+        q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        q.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
+        q.set_defaults(func=cmd_eval)
+
+    q = eval_sub.add_parser(
+        "bpb",
+        help="bits per byte over a corpus split, a file or a text",
+        description="Documents are packed into windows of --window ids with per-document resets; a token model's "
+        "summed NLL is divided by the UTF-8 bytes of the same text.",
+    )
+    common(q)
+    q.add_argument("--corpus", help="prepared corpus folder (hnet data prepare)")
+    q.add_argument("--split", default="val", help="corpus split (default val)")
+    q.add_argument("--file", help="a text file (one document)")
+    q.add_argument("--text", help="a string (one document)")
+    q.add_argument("--window", type=int, default=8192, help="ids per window (default 8192)")
+    q.add_argument("--max-windows", type=int, help="score only this many windows, spread evenly over the text")
+    q = eval_sub.add_parser(
+        "tasks",
+        help="zero-shot multiple choice (acc, acc_norm) and LAMBADA, the lm-evaluation-harness way",
+        description="Tasks: " + ", ".join(TASKS) + ". acc_norm divides each choice's log-likelihood by its length "
+        "in characters.",
+    )
+    common(q)
+    q.add_argument("--tasks", nargs="+", choices=list(TASKS), metavar="TASK", help="tasks to run (default: all)")
+    q.add_argument("--limit", type=int, help="only the first LIMIT items of each task (quick runs)")
+    q = eval_sub.add_parser(
+        "robustness",
+        help="HellaSwag under the BLT paper's character noise, with robustness scores",
+        description="Perturbations: " + ", ".join(PERTURBATIONS) + ". Robustness = 100 * (perturbed acc_norm - "
+        "0.25) / (clean acc_norm - 0.25).",
+    )
+    common(q)
+    q.add_argument("--limit", type=int, help="only the first LIMIT HellaSwag items")
+    q.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    q.add_argument("--perturbations", nargs="+", choices=list(PERTURBATIONS), help="default: all five")
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The options of every subcommand that loads a model with ``from_pretrained``."""
     p.add_argument("--model", required=True, help="model folder (e.g. runs/tiny_1stage), checkpoint file or Hub id")
@@ -274,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="convert weights (default: keep)")
     p.set_defaults(func=cmd_convert)
 
+    add_eval_parser(sub)
     return parser
 
 

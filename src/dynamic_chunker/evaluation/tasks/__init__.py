@@ -35,4 +35,16 @@ def load_task(name: str, limit: int | None = None) -> Task:
     return task
 
 
-__all__ = ["TASKS", "Item", "Task", "evaluate", "load_task", "score"]
+def evaluate_tasks(
+    lm, names: list[str] | None = None, limit: int | None = None, batch_size: int = 16, progress: bool = False
+) -> dict[str, dict[str, float]]:
+    """{task: {acc, acc_norm, items}} for every task in ``names`` (default: all), ``limit`` items each."""
+    results = {}
+    for name in names or list(TASKS):
+        if progress:
+            print(f"{name}:", flush=True)
+        results[name] = evaluate(lm, load_task(name, limit), batch_size=batch_size, progress=progress)
+    return results
+
+
+__all__ = ["TASKS", "Item", "Task", "evaluate", "evaluate_tasks", "load_task", "score"]
