@@ -28,6 +28,9 @@ class DataSection:
     seq_len: int = 8192  # bytes per training window
     seed: int = 0  # shuffling seed of the training windows
     verify: bool = True  # check the files' sha256 against the manifest at start (slow for very large corpora)
+    # token models (the BPE baseline): "bpe:V" trains a byte-level BPE of V ids on the training split (saved as
+    # tokenizer.json in the run folder), or a path to a tokenizer.json. seq_len then counts tokens. None = bytes.
+    tokenizer: str | None = None
 
 
 @dataclass
@@ -127,6 +130,16 @@ class TrainConfig:
             _require(n > 1, f"ratio.targets must all be > 1 (bytes per chunk), got {self.ratio.targets}")
         _require(self.ratio.alpha >= 0, f"ratio.alpha must be >= 0, got {self.ratio.alpha}")
         _require(self.data.seq_len >= 2, f"data.seq_len must be at least 2, got {self.data.seq_len}")
+        tok = self.data.tokenizer
+        if tok is not None and tok.startswith("bpe:"):
+            _require(
+                tok[4:].isdigit() and int(tok[4:]) == model.vocab_size,
+                f"data.tokenizer {tok!r} must be bpe:V with V = the model's vocab_size ({model.vocab_size})",
+            )
+        _require(
+            tok is not None or model.vocab_size == 256,
+            f"the model has vocab_size {model.vocab_size}: a token model needs data.tokenizer (e.g. bpe:V)",
+        )
         opt = self.optimizer
         _require(opt.lr > 0, f"optimizer.lr must be > 0, got {opt.lr}")
         _require(

@@ -61,6 +61,8 @@ def routing_sums(output: HNetOutput, inputs: torch.Tensor, documents: torch.Tens
         positions = r.boundary_mask.numel() if r.mask is None else r.mask.sum()
         prob = r.boundary_prob if r.mask is None else r.boundary_prob * r.mask
         values += [positions, r.boundary_mask.sum(), prob.float().sum()]
+    if not output.routing:  # isotropic model: no boundaries to score
+        return torch.tensor([*values, 0.0, 0.0, 0.0], dtype=torch.float64, device=inputs.device)
     forced = F.pad(documents[:, 1:] != documents[:, :-1], (1, 0), value=True)
     after_space = F.pad(torch.isin(inputs[:, :-1], WHITESPACE.to(inputs.device)), (1, 0), value=False) & ~forced
     free = output.routing[0].boundary_mask & ~forced

@@ -71,8 +71,9 @@ def train(
         distributed.stop(runtime)
 
 
-def open_data(config: TrainConfig) -> tuple[ByteWindows, ByteWindows]:
-    """Training and validation windows of the prepared corpus named by ``config.data``."""
+def open_data(config: TrainConfig, out_dir: Path | None = None) -> tuple[ByteWindows, ByteWindows]:
+    """Training and validation windows of the prepared corpus named by ``config.data`` (token windows when
+    ``data.tokenizer`` is set; the tokenizer and the encoded splits are kept in ``out_dir``)."""
     corpus_dir = Path(config.data.corpus)
     if not corpus_dir.is_dir():
         raise FileNotFoundError(
@@ -81,9 +82,40 @@ def open_data(config: TrainConfig) -> tuple[ByteWindows, ByteWindows]:
         )
     corpus = PreparedCorpus(corpus_dir, verify=config.data.verify)
     seq_len = config.data.seq_len
-    return ByteWindows(corpus.split("train"), seq_len=seq_len, seed=config.data.seed), ByteWindows(
-        corpus.split("val"), seq_len=seq_len, seed=0
-    )
+    train_split, val_split = corpus.split("train"), corpus.split("val")
+    if config.data.tokenizer is not None:
+        from ..data.tokens import encode_split
+
+        tokenizer = load_tokenizer(config, out_dir or Path(config.out or "runs/train"))
+        folder = out_dir or Path(config.out or "runs/train")
+        train_split = encode_split(train_split, tokenizer, folder / "tokens_train.npy")
+        val_split = encode_split(val_split, tokenizer, folder / "tokens_val.npy")
+    return ByteWindows(train_split, seq_len=seq_len, seed=config.data.seed), ByteWindows(val_split, seq_len, seed=0)
+
+
+TOKENIZER_TRAINING_BYTES = 100_000_000  # a BPE is trained on at most this much of the training split
+
+
+def load_tokenizer(config: TrainConfig, out_dir: Path):
+    """The run's tokenizer: ``out_dir/tokenizer.json`` if it exists (a resumed run), else trained (bpe:V) or read."""
+    from tokenizers import Tokenizer
+
+    from ..data.tokens import train_bpe
+
+    saved = out_dir / "tokenizer.json"
+    if saved.is_file():
+        return Tokenizer.from_file(str(saved))
+    spec = config.data.tokenizer
+    if spec.startswith("bpe:"):
+        corpus = PreparedCorpus(config.data.corpus, verify=False)
+        tokenizer = train_bpe(corpus.split("train"), int(spec[4:]), max_bytes=TOKENIZER_TRAINING_BYTES)
+    else:
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"data.tokenizer {spec} not found: give bpe:V or a tokenizer.json path")
+        tokenizer = Tokenizer.from_file(spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(saved))
+    return tokenizer
 
 
 class Trainer:
@@ -105,7 +137,19 @@ class Trainer:
         self.autocast = torch.autocast(
             rt.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == torch.bfloat16
         )
-        self.train_windows, self.val_windows = open_data(config)
+        self.train_windows, self.val_windows = open_data(config, self.out_dir)
+        # UTF-8 bytes per target id: validation BPB of a token model divides its NLL by the bytes of the same text
+        self.token_bytes = torch.ones(self.model_config.vocab_size, dtype=torch.float64, device=rt.device)
+        if config.data.tokenizer is not None:
+            from ..data.tokens import token_byte_lengths
+
+            tokenizer = load_tokenizer(config, self.out_dir)
+            if tokenizer.get_vocab_size() != self.model_config.vocab_size:
+                raise ValueError(
+                    f"the tokenizer has {tokenizer.get_vocab_size()} ids but the model's vocab_size is "
+                    f"{self.model_config.vocab_size}"
+                )
+            self.token_bytes = token_byte_lengths(tokenizer).to(rt.device, torch.float64)
         self.train_windows.steps_per_epoch(self.micro_batch, rt.world_size)  # enough data for one batch?
         # a fixed validation set: windows spread evenly over the split, so that it spans many documents
         count = min(cfg.eval.windows, len(self.val_windows))
@@ -213,7 +257,7 @@ class Trainer:
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 with self.autocast:
                     losses = compute_losses(model, inputs, documents, targets, cfg.ratio.targets)
-                ratio = torch.stack(losses.ratio)
+                ratio = torch.stack(losses.ratio) if losses.ratio else losses.ce_sum.new_zeros(0)  # isotropic: none
                 # DDP averages gradients over processes, hence the world_size factor on the summed cross-entropy
                 loss = losses.ce_sum * (rt.world_size / count) + cfg.ratio.alpha * ratio.sum() / len(parts)
                 loss.backward()
@@ -260,7 +304,8 @@ class Trainer:
             with self.autocast:
                 losses = compute_losses(self.model, inputs, documents, targets, cfg.ratio.targets)
             sums[0] += losses.ce_sum.double()
-            sums[1] += (targets != IGNORE).sum()
+            counted = targets != IGNORE
+            sums[1] += self.token_bytes[targets.clamp(min=0)][counted].sum()
             sums[2:] += routing_sums(losses.output, inputs, documents)
         self.model.train()
         distributed.all_reduce(sums, rt)
