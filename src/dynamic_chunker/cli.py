@@ -248,6 +248,32 @@ def add_eval_parser(sub) -> None:
     q.add_argument("--perturbations", nargs="+", choices=list(PERTURBATIONS), help="default: all five")
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_suite
+
+    for path in run_suite(args.suite, only=args.only, progress=not args.no_progress):
+        print(path.read_text())
+        print(f"written to {path} (+ .json and the _bpb / _compression plots)")
+    return 0
+
+
+def add_bench_parser(sub) -> None:
+    """``hnet bench SUITE.yaml``."""
+    p = sub.add_parser(
+        "bench",
+        help="train and evaluate every model of a suite under one budget; markdown table and plots",
+        description="Every model sees the same training bytes; models with match_flops get the width whose FLOPs per "
+        "byte match the reference model's. Finished models are loaded, interrupted ones resumed, so rerunning the "
+        "same command continues a suite. See benchmarks/suites/*.yaml.",
+    )
+    p.add_argument("suite", help="suite YAML, e.g. benchmarks/suites/paper_small.yaml")
+    p.add_argument(
+        "--only", nargs="+", metavar="ID", help="run only these model ids (the table lists all finished ones)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The options of every subcommand that loads a model with ``from_pretrained``."""
     p.add_argument("--model", required=True, help="model folder (e.g. runs/tiny_1stage), checkpoint file or Hub id")
@@ -372,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     add_eval_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 
 from .base import Item, Task, evaluate, score
 from .hellaswag import hellaswag
@@ -23,16 +24,19 @@ TASKS: dict[str, Callable[[], Task]] = {
 }
 
 
+@cache
+def _parsed(name: str) -> Task:
+    return TASKS[name]()
+
+
 def load_task(name: str, limit: int | None = None) -> Task:
-    """Task ``name`` with its first ``limit`` items (all when None)."""
+    """Task ``name`` with its first ``limit`` items (all when None); files are parsed once per process."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
-    task = TASKS[name]()
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {limit}")
-        task.items = task.items[:limit]
-    return task
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    task = _parsed(name)
+    return dataclasses.replace(task, items=list(task.items[:limit]))
 
 
 def evaluate_tasks(

@@ -15,7 +15,7 @@ def preprocess(text: str) -> str:
 
 
 def hellaswag() -> Task:
-    lines = read_text("hellaswag_val.txt.bz2").split("\n")
+    lines = read_text("hellaswag_val.txt.xz").split("\n")
     items = []
     for i in range(0, len(lines) - 5, 6):
         context, gold, endings = lines[i], int(lines[i + 1]), lines[i + 2 : i + 6]
