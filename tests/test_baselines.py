@@ -2,6 +2,7 @@
 BPE token model, and sizing to a FLOPs-per-byte budget."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -88,7 +89,7 @@ def test_rule_compression_measures_fixed_rules():
     assert rule_compression(HNetConfig.from_dict(ONE_STAGE), b"abc") is None
 
 
-def test_isotropic_and_bpe_models_train_in_the_same_trainer(corpus, tmp_path):  # noqa: F811
+def test_isotropic_and_bpe_models_train_in_the_same_trainer(corpus, tmp_path, one_thread):  # noqa: F811
     byte_run = tiny_config(corpus, tmp_path / "llamabyte", model=ISOTROPIC, ratio={"targets": []})
     byte_run["optimizer"]["lr_multipliers"] = [1.0]
     result = train(config_from_dict(byte_run), progress=False)
@@ -104,11 +105,13 @@ def test_isotropic_and_bpe_models_train_in_the_same_trainer(corpus, tmp_path):  
     first_eval = result.evals[0]["val_bpb"]  # untrained: about log2(300) bits per token over bytes per token
     assert 0 < result.evals[-1]["val_bpb"] < first_eval
     assert type(lm).__name__ == "TokenLM"
+    last = result.history[-1]  # bits per byte, not per token: several bytes per target
+    assert last["bpb"] < last["ce"] / math.log(2)
     with pytest.raises(ValueError, match="must be bpe:V with V = the model's vocab_size"):
         config_from_dict({**bpe_run, "data": {**bpe_run["data"], "tokenizer": "bpe:512"}})
 
 
-def test_space_rule_model_trains(corpus, tmp_path):  # noqa: F811
+def test_space_rule_model_trains(corpus, tmp_path, one_thread):  # noqa: F811
     run = tiny_config(corpus, tmp_path / "space", model={**ONE_STAGE, "boundary_rule": ["space"]})
     result = train(config_from_dict(run), progress=False)
     assert result.evals[-1]["val_compression_0"] > 2  # words and spaces: several bytes per chunk

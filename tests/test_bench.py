@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from dynamic_chunker.bench import Suite, plan
@@ -54,7 +55,8 @@ def test_bench_trains_evaluates_and_resumes_a_tiny_suite(tmp_path, corpus, capsy
     results = json.loads((tmp_path / "results" / "tiny.json").read_text())
     assert set(results) == {"hnet", "bytes", "bpe"}
     assert all(r["steps"] == 3 and 0 < r["val_bpb"] < 12 for r in results.values())
-    assert results["hnet"]["compression"] == [4] and results["bpe"]["tasks"]["piqa"]["items"] == 1
+    assert results["hnet"]["flops_compression"] == [4] and len(results["hnet"]["compression"]) == 1
+    assert results["bpe"]["tasks"]["piqa"]["items"] == 1
     table = (tmp_path / "results" / "tiny.md").read_text()
     assert "| LlamaByte |" in table and "Zero-shot" in table and "Noised HellaSwag" in table
     assert (tmp_path / "results" / "tiny_bpb.png").stat().st_size > 0
@@ -64,3 +66,30 @@ def test_bench_trains_evaluates_and_resumes_a_tiny_suite(tmp_path, corpus, capsy
     assert main(["bench", path, "--no-progress"]) == 0
     assert (tmp_path / "runs" / "hnet" / "model.safetensors").stat().st_mtime_ns == before
     capsys.readouterr()
+
+
+def test_a_suite_over_several_corpora_runs_once_per_corpus(tmp_path):
+    data = {
+        "name": "langs",
+        "corpus": ["data/chinese", "data/dna"],
+        "runs": "runs/bench/langs",
+        "out": "out",
+        "budget": {"bytes": 100, "seq_len": 8, "batch_size": 2},
+        "models": [{"id": "a", "config": "a.yaml"}],
+    }
+    suites = Suite.load_all(write(tmp_path / "s.yaml", data))
+    assert [(s.name, s.corpus, s.runs) for s in suites] == [
+        ("langs_chinese", "data/chinese", "runs/bench/langs/chinese"),
+        ("langs_dna", "data/dna", "runs/bench/langs/dna"),
+    ]
+    assert main(["bench", str(tmp_path / "s.yaml")]) == 2  # corpora not prepared: a one-line error
+
+
+def test_suite_errors(tmp_path):
+    bad = {"name": "x", "corpus": "c", "runs": "r", "out": "o", "budget": {"bytes": 1, "seq_len": 0, "batch_size": 1},
+           "models": [{"id": "a", "config": "a.yaml"}]}
+    with pytest.raises(ValueError, match="budget.seq_len must be a positive integer"):
+        Suite.load(write(tmp_path / "s.yaml", bad))
+    with pytest.raises(ValueError, match="reference 'b' is not one of the model ids"):
+        Suite.load(write(tmp_path / "s.yaml", {**bad, "budget": {"bytes": 1, "seq_len": 1, "batch_size": 1},
+                                               "reference": "b"}))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,6 +184,7 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
     from .evaluation.robustness import evaluate_robustness
     from .evaluation.tasks import evaluate_tasks
     from .training import train
+    from .training.logs import read_csv
     from .training.trainer import CHECKPOINT
 
     config = planned["config"]
@@ -192,10 +192,10 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
     done = out_dir / BENCH_FILE
     if done.is_file():
         return json.loads(done.read_text())
-    started = time.perf_counter()
     if not (out_dir / CHECKPOINT).exists() or not (out_dir / "model.safetensors").exists():
         train(config, resume=(out_dir / CHECKPOINT).exists(), progress=progress)
-    minutes = (time.perf_counter() - started) / 60
+    history, evals = read_csv(out_dir / "train.csv"), read_csv(out_dir / "eval.csv")
+    minutes = history[-1]["elapsed_s"] / 60 if history else math.nan  # training steps only, over all sessions
     lm = load_lm(out_dir)
     val = PreparedCorpus(suite.corpus, verify=False).split("val")
     ev = suite.eval
@@ -206,7 +206,8 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
         "name": model.name or model.id,
         "parameters": sum(p.numel() for p in lm.model.parameters()),
         "flops_per_byte": planned["flops_per_byte"],
-        "compression": planned["compression"],
+        "flops_compression": planned["compression"],  # assumed for the FLOPs: ratio targets or measured fixed rules
+        "compression": [evals[-1][f"val_compression_{s}"] for s in range(len(planned["compression"]))],
         "bytes_per_token": planned["bytes_per_token"],
         "steps": config.train.steps,
         "bytes_seen": config.train.steps * config.train.batch_size * config.data.seq_len * planned["bytes_per_token"],
@@ -232,17 +233,22 @@ def _run_one(suite: Suite, path: Path, only: list[str] | None, progress: bool) -
             f"corpus {suite.corpus} not found; prepare it with `hnet data prepare {Path(suite.corpus).name}`"
         )
     planned = plan(suite)
-    results = {}
+    finished = {}
     for model in suite.models:
-        if only and model.id not in only:
-            done = Path(planned[model.id]["config"].out) / BENCH_FILE
-            if done.is_file():
-                results[model.id] = json.loads(done.read_text())
+        done = Path(planned[model.id]["config"].out) / BENCH_FILE
+        if done.is_file():
+            finished[model.id] = json.loads(done.read_text())
+    table = write_results(suite, finished, path) if finished else None
+    for model in suite.models:
+        if model.id in finished or (only and model.id not in only):
             continue
-        if progress:
-            print(f"== {model.id}: {planned[model.id]['flops_per_byte'] / 1e6:.2f} MFLOPs/byte", flush=True)
-        results[model.id] = run_model(suite, model, planned[model.id], progress)
-    return write_results(suite, results, path)
+        print(f"== {model.id}: {planned[model.id]['flops_per_byte'] / 1e6:.2f} MFLOPs/byte", flush=True)
+        finished[model.id] = run_model(suite, model, planned[model.id], progress)
+        # the table is rewritten after every model, so results can be committed as they come in
+        table = write_results(suite, {m.id: finished[m.id] for m in suite.models if m.id in finished}, path)
+    if table is None:
+        raise ValueError(f"no model of suite {suite.name} ran (--only {only} names none of its ids?)")
+    return table
 
 
 def write_results(suite: Suite, results: dict[str, dict], suite_path: Path) -> Path:
@@ -256,14 +262,14 @@ def write_results(suite: Suite, results: dict[str, dict], suite_path: Path) -> P
         comp = " / ".join(f"{c:.2f}" for c in r["compression"]) or "-"
         rows.append(
             f"| {r['name']} | {r['parameters'] / 1e6:.2f} | {r['flops_per_byte'] / 1e6:.2f} | "
-            f"{r['bytes_seen'] / 1e6:.1f} | {comp} | {r['train_minutes']:.1f} | {r['val_bpb']:.4f} |"
+            f"{r['bytes_seen'] / 1e6:.2f} | {comp} | {r['train_minutes']:.1f} | {r['val_bpb']:.4f} |"
         )
     lines = [
         f"# Suite {suite.name}",
         "",
         f"`hnet bench {suite_path}`; corpus `{suite.corpus}`, budget {suite.budget}.",
         "",
-        "| model | params (M) | MFLOPs/byte | MB seen | compression | train min | val BPB |",
+        "| model | params (M) | MFLOPs/byte | MB seen | val compression | train min | val BPB |",
         "|---|---:|---:|---:|---|---:|---:|",
         *rows,
     ]

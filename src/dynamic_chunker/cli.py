@@ -194,10 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval_parser(sub) -> None:
-    """``hnet eval bpb|tasks|robustness MODEL``."""
-    from .evaluation.perturb import PERTURBATIONS
-    from .evaluation.tasks import TASKS
-
+    """``hnet eval``: a parent for the evaluations, each its own subcommand."""
     p = sub.add_parser(
         "eval",
         help="evaluate a model: bits per byte, zero-shot tasks, robustness to character noise",
@@ -205,44 +202,61 @@ def add_eval_parser(sub) -> None:
         "are printed and written as NAME.json and NAME.md to --out (default: MODEL/eval).",
     )
     eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+    add_eval_bpb_parser(eval_sub)
+    add_eval_tasks_parser(eval_sub)
+    add_eval_robustness_parser(eval_sub)
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("model", help="model folder (config.json + model.safetensors), checkpoint file or Hub id")
-        q.add_argument("--out", help="folder for the results (default: MODEL/eval)")
-        q.add_argument("--device", default="cpu", help="torch device (default cpu)")
-        q.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
-        q.add_argument("--no-progress", action="store_true", help="no progress bar")
-        q.set_defaults(func=cmd_eval)
 
+def add_eval_model_arguments(q: argparse.ArgumentParser) -> None:
+    """What every model evaluation (bpb, tasks, robustness) takes."""
+    q.add_argument("model", help="model folder (config.json + model.safetensors), checkpoint file or Hub id")
+    q.add_argument("--out", help="folder for the results (default: MODEL/eval)")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_eval)
+
+
+def add_eval_bpb_parser(eval_sub) -> None:
     q = eval_sub.add_parser(
         "bpb",
         help="bits per byte over a corpus split, a file or a text",
         description="Documents are packed into windows of --window ids with per-document resets; a token model's "
         "summed NLL is divided by the UTF-8 bytes of the same text.",
     )
-    common(q)
+    add_eval_model_arguments(q)
     q.add_argument("--corpus", help="prepared corpus folder (hnet data prepare)")
     q.add_argument("--split", default="val", help="corpus split (default val)")
     q.add_argument("--file", help="a text file (one document)")
     q.add_argument("--text", help="a string (one document)")
     q.add_argument("--window", type=int, default=8192, help="ids per window (default 8192)")
     q.add_argument("--max-windows", type=int, help="score only this many windows, spread evenly over the text")
+
+
+def add_eval_tasks_parser(eval_sub) -> None:
+    from .evaluation.tasks import TASKS
+
     q = eval_sub.add_parser(
         "tasks",
         help="zero-shot multiple choice (acc, acc_norm) and LAMBADA, the lm-evaluation-harness way",
         description="Tasks: " + ", ".join(TASKS) + ". acc_norm divides each choice's log-likelihood by its length "
         "in characters.",
     )
-    common(q)
+    add_eval_model_arguments(q)
     q.add_argument("--tasks", nargs="+", choices=list(TASKS), metavar="TASK", help="tasks to run (default: all)")
     q.add_argument("--limit", type=int, help="only the first LIMIT items of each task (quick runs)")
+
+
+def add_eval_robustness_parser(eval_sub) -> None:
+    from .evaluation.perturb import PERTURBATIONS
+
     q = eval_sub.add_parser(
         "robustness",
         help="HellaSwag under the BLT paper's character noise, with robustness scores",
         description="Perturbations: " + ", ".join(PERTURBATIONS) + ". Robustness = 100 * (perturbed acc_norm - "
         "0.25) / (clean acc_norm - 0.25).",
     )
-    common(q)
+    add_eval_model_arguments(q)
     q.add_argument("--limit", type=int, help="only the first LIMIT HellaSwag items")
     q.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     q.add_argument("--perturbations", nargs="+", choices=list(PERTURBATIONS), help="default: all five")

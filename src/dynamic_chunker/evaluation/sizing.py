@@ -39,7 +39,7 @@ def size_to_flops(
     seq_len: int,
     compression: list[float] | None = None,
     bytes_per_token: float = 1.0,
-    step: int = 32,
+    step: int = 16,
     max_width: int = 4096,
 ) -> tuple[HNetConfig, float]:
     """The multiple-of-``step`` innermost width whose forward FLOPs per byte come closest to ``target``; returns

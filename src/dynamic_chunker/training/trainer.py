@@ -271,7 +271,10 @@ class Trainer:
             raise ValueError(
                 f"the loss became non-finite at step {self.step + 1}; lower optimizer.lr or set train.grad_clip"
             )
-        row = {"loss": ce + cfg.ratio.alpha * sum(ratios), "ce": ce, "bpb": ce / math.log(2)}
+        # bits per byte: a token model's targets hold several bytes each (self.token_bytes)
+        targets_bytes = sum(self.token_bytes[t.clamp(min=0)][t != IGNORE].sum() for _, _, t in parts)
+        byte_count = max(float(distributed.all_reduce(targets_bytes.double(), rt)), 1.0)
+        row = {"loss": ce + cfg.ratio.alpha * sum(ratios), "ce": ce, "bpb": float(totals[0]) / byte_count / math.log(2)}
         row.update({f"ratio_loss_{s}": r for s, r in enumerate(ratios)})
         row.update(summarize(totals[1 + self.stages :], self.stages))
         return row
