@@ -23,12 +23,15 @@ Suite YAML::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from .errors import ConfigError
 
 BENCH_FILE = "bench.json"
 
@@ -82,17 +85,17 @@ class Suite:
         known = {"name", "corpus", "runs", "out", "budget", "models", "reference", "eval"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+            raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
         models = [SuiteModel(**m) for m in data.pop("models")]
         suite = cls(models=models, **data)
         ids = [m.id for m in models]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"{path}: model ids must be unique, got {ids}")
+            raise ConfigError(f"{path}: model ids must be unique, got {ids}")
         if suite.reference is not None and suite.reference not in ids:
-            raise ValueError(f"{path}: reference {suite.reference!r} is not one of the model ids {ids}")
+            raise ConfigError(f"{path}: reference {suite.reference!r} is not one of the model ids {ids}")
         for key in ("bytes", "seq_len", "batch_size"):
             if not isinstance(suite.budget.get(key), int) or suite.budget[key] < 1:
-                raise ValueError(f"{path}: budget.{key} must be a positive integer")
+                raise ConfigError(f"{path}: budget.{key} must be a positive integer")
         return suite
 
 
@@ -134,14 +137,32 @@ def _compression(config) -> list[float] | None:
     return rule_compression(model, sample) or list(config.ratio.targets)
 
 
-def _bytes_per_token(config, out_dir: Path) -> float:
-    """Measured UTF-8 bytes per token of the run's tokenizer (trained now if needed) on the validation split."""
+def _tokenizer(suite: Suite, model: SuiteModel, config):
+    """The model's tokenizer, trained once per suite and corpus (``runs/<id>.tokenizer.json``, next to the run folder,
+    which the trainer wants empty) when its config asks for ``bpe:V``; returns (tokenizer, path)."""
+    from tokenizers import Tokenizer
+
+    from .data import PreparedCorpus
+    from .data.tokens import train_bpe
+    from .training.trainer import TOKENIZER_TRAINING_BYTES
+
+    spec = config.data.tokenizer
+    if not spec.startswith("bpe:"):
+        return Tokenizer.from_file(spec), spec
+    path = Path(suite.runs) / f"{model.id}.tokenizer.json"
+    if not path.is_file():
+        split = PreparedCorpus(suite.corpus, verify=False).split("train")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        train_bpe(split, int(spec[4:]), max_bytes=TOKENIZER_TRAINING_BYTES).save(str(path))
+    return Tokenizer.from_file(str(path)), str(path)
+
+
+def _bytes_per_token(tokenizer, corpus: str) -> float:
+    """Measured UTF-8 bytes per token of ``tokenizer`` on (the first MB of) the validation split."""
     from .data import PreparedCorpus
     from .data.tokens import documents
-    from .training.trainer import load_tokenizer
 
-    tokenizer = load_tokenizer(config, out_dir)
-    texts = list(documents(PreparedCorpus(config.data.corpus, verify=False).split("val"), max_bytes=1_000_000))
+    texts = list(documents(PreparedCorpus(corpus, verify=False).split("val"), max_bytes=1_000_000))
     tokens = sum(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False))
     return sum(len(t.encode()) for t in texts) / max(tokens, 1)
 
@@ -155,10 +176,11 @@ def plan(suite: Suite) -> dict[str, dict]:
     order = sorted(suite.models, key=lambda m: m.id != suite.reference)  # the reference first: it sets the target
     for model in order:
         config = _train_config(suite, model)
-        out_dir = Path(config.out)
         bytes_per_token, seq_len = 1.0, suite.budget["seq_len"]
         if config.data.tokenizer is not None:
-            bytes_per_token = _bytes_per_token(config, out_dir)
+            tokenizer, path = _tokenizer(suite, model, config)
+            model = dataclasses.replace(model, overrides=[*model.overrides, f"data.tokenizer={path}"])
+            bytes_per_token = _bytes_per_token(tokenizer, suite.corpus)
             seq_len = max(2, round(suite.budget["seq_len"] / bytes_per_token))
         compression = _compression(config)
         model_config = config.model_config()
@@ -247,7 +269,7 @@ def _run_one(suite: Suite, path: Path, only: list[str] | None, progress: bool) -
         # the table is rewritten after every model, so results can be committed as they come in
         table = write_results(suite, {m.id: finished[m.id] for m in suite.models if m.id in finished}, path)
     if table is None:
-        raise ValueError(f"no model of suite {suite.name} ran (--only {only} names none of its ids?)")
+        raise ConfigError(f"no model of suite {suite.name} ran (--only {only} names none of its ids?)")
     return table
 
 

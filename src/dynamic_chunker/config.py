@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 _TOKEN = re.compile(r"([mMtT])(\d+)")
 
 
@@ -32,6 +34,8 @@ def parse_layout(layout: str) -> list[str]:
     for match in _TOKEN.finditer(layout):
         if match.start() != pos:
             break
+        if int(match.group(2)) < 1:
+            raise ValueError(f"stack layout {layout!r}: {match.group(0)!r} has no layers; counts must be at least 1")
         letters.extend(match.group(1) * int(match.group(2)))
         pos = match.end()
     if pos != len(layout) or not layout:
@@ -97,11 +101,11 @@ class HNetConfig:
         except FileNotFoundError:
             raise FileNotFoundError(f"config file not found: {path}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+            raise ConfigError(f"{path} is not valid JSON: {err}") from None
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"{path}: {err}") from None
+            raise ConfigError(f"{path}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

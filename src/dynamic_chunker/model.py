@@ -459,12 +459,25 @@ def init_weights(model: HNetForCausalLM, std: float = 0.02) -> None:
                 nn.init.normal_(module.weight, std=std / scale)
 
 
-def parameter_groups(model: HNetForCausalLM, lr_multipliers: list[float], weight_decay: float) -> list[dict]:
+def parameter_groups(
+    model: HNetForCausalLM,
+    lr_multipliers: list[float] | str,
+    weight_decay: float,
+    ratio_targets: list[float] | None = None,
+) -> list[dict]:
     """AdamW parameter groups with a per-stage learning-rate multiplier (``lr_multiplier`` key).
 
-    Weight decay is off for biases, all norm weights, ``dt_bias``, ``A_log``, ``D`` and ``pad_dimension``
-    (a deliberate departure from the official helper, which only exempts ``.bias`` and ``.norm.`` names).
+    The caller applies the multiplier (``group["lr"] = lr * group["lr_multiplier"]``); AdamW ignores the key.
+    ``lr_multipliers="auto"`` is the paper's rule (as in a training YAML) for ``ratio_targets`` (default: the paper's
+    bytes per chunk, [6] or [3, 3]). Weight decay is off for biases, all norm weights, ``dt_bias``, ``A_log``, ``D``
+    and ``pad_dimension`` (a deliberate departure from the official helper, which only exempts ``.bias`` and
+    ``.norm.`` names).
     """
+    if lr_multipliers == "auto":
+        from .evaluation.flops import default_compression
+        from .training.config import paper_lr_multipliers
+
+        lr_multipliers = paper_lr_multipliers(model.config, ratio_targets or default_compression(model.config))
     n = model.config.num_stages
     if len(lr_multipliers) != n:
         raise ValueError(f"need one learning-rate multiplier per stage ({n}), got {lr_multipliers}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InvalidArgument
 from .corpus import BOS, CorpusSplit
 
 BOS_TOKEN = "<bos>"
@@ -35,7 +36,7 @@ def train_bpe(split: CorpusSplit, vocab_size: int, max_bytes: int | None = None)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 257:
-        raise ValueError(f"a byte-level BPE needs at least 257 ids (256 bytes + <bos>), got {vocab_size}")
+        raise InvalidArgument(f"a byte-level BPE needs at least 257 ids (256 bytes + <bos>), got {vocab_size}")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.corpus import CorpusSplit
+from ..errors import InvalidArgument
 from .lm import ByteLM, TokenLM
 
 
@@ -42,7 +43,7 @@ def stream_of(lm: ByteLM, source: str | bytes | list | CorpusSplit) -> np.ndarra
         return np.asarray(source.data, dtype=np.int64)
     texts = [source] if isinstance(source, str | bytes) else list(source)
     if not texts or not any(len(t) for t in texts):
-        raise ValueError("no text to score: the input is empty")
+        raise InvalidArgument("no text to score: the input is empty")
     return np.fromiter((i for t in texts for i in (lm.bos, *lm.encode(t))), dtype=np.int64)
 
 
@@ -57,7 +58,7 @@ def bits_per_byte(
 ) -> BitsPerByte:
     """Bits per byte of ``lm`` on ``source`` (a text, a list of texts, a corpus split, or a file Path)."""
     if window < 1 or batch_size < 1:
-        raise ValueError(f"window and batch_size must be >= 1, got {window} and {batch_size}")
+        raise InvalidArgument(f"window and batch_size must be >= 1, got {window} and {batch_size}")
     if isinstance(source, Path):
         source = source.read_bytes()
     stream = torch.from_numpy(stream_of(lm, source))
@@ -68,7 +69,7 @@ def bits_per_byte(
     else:
         starts = [i * window for i in range(count)]
     if not starts:
-        raise ValueError("the text is too short to score: it needs at least one byte after BOS")
+        raise InvalidArgument("the text is too short to score: it needs at least one byte after BOS")
     token_bytes = lm.token_bytes.to(lm.device)
     nats = torch.zeros((), dtype=torch.float64)
     scored_bytes = scored_tokens = 0
@@ -92,7 +93,7 @@ def bits_per_byte(
         bar.update(len(rows))
     bar.close()
     if scored_bytes == 0:
-        raise ValueError("no bytes were scored: the text holds only document starts")
+        raise InvalidArgument("no bytes were scored: the text holds only document starts")
     return BitsPerByte(float(nats) / math.log(2) / scored_bytes, scored_bytes, scored_tokens, len(starts))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from ..inference import BOS
 from ..model import HNetForCausalLM
 
@@ -55,9 +56,9 @@ class TokenLM(ByteLM):
         self.tokenizer = tokenizer
         self.bos = tokenizer.token_to_id(BOS_TOKEN)
         if self.bos is None:
-            raise ValueError(f"the tokenizer has no {BOS_TOKEN} token; train it with dynamic_chunker.data.tokens")
+            raise ConfigError(f"the tokenizer has no {BOS_TOKEN} token; train it with dynamic_chunker.data.tokens")
         if tokenizer.get_vocab_size() != model.config.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the tokenizer has {tokenizer.get_vocab_size()} ids but the model {model.config.vocab_size}"
             )
         self.token_bytes = token_byte_lengths(tokenizer)
@@ -90,5 +91,5 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu", dtype=None) ->
 
         return TokenLM(model, Tokenizer.from_file(str(tokenizer_file)))
     if model.config.vocab_size != 256:
-        raise ValueError(f"{path}: a model with {model.config.vocab_size} ids needs its {TOKENIZER_FILE} next to it")
+        raise ConfigError(f"{path}: a model with {model.config.vocab_size} ids needs its {TOKENIZER_FILE} next to it")
     return ByteLM(model)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidArgument
 from .lm import ByteLM
 
 
@@ -34,7 +35,7 @@ def continuation_logliks(
     for context, continuation in requests:
         head, tail = lm.encode_pair(context, continuation)
         if not tail:
-            raise ValueError(f"empty continuation after context {context[-40:]!r}: nothing to score")
+            raise InvalidArgument(f"empty continuation after context {context[-40:]!r}: nothing to score")
         ids = [lm.bos, *head, *tail]
         if max_length is not None and len(ids) - 1 > max_length:
             ids = ids[len(ids) - 1 - max_length :]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from ..errors import InvalidArgument
+
 
 def antspeak(text: str, rng: random.Random) -> str:
     return " ".join(text.upper())
@@ -44,5 +46,5 @@ PERTURBATIONS: dict[str, Callable[[str, random.Random], str]] = {
 def perturb(name: str, text: str, seed: int | str) -> str:
     """``text`` under perturbation ``name``, with noise drawn from ``random.Random(seed)``."""
     if name not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {name!r}; choose from {', '.join(PERTURBATIONS)}")
+        raise InvalidArgument(f"unknown perturbation {name!r}; choose from {', '.join(PERTURBATIONS)}")
     return PERTURBATIONS[name](text, random.Random(seed))

@@ -12,6 +12,7 @@ import dataclasses
 import torch
 
 from ..config import HNetConfig
+from ..errors import InvalidArgument
 from .flops import forward_flops_per_byte
 
 
@@ -46,7 +47,7 @@ def size_to_flops(
     (resized config, its FLOPs per byte). Widths the config cannot take (heads, Mamba head dim, narrower than the
     stage outside) are skipped."""
     if target <= 0:
-        raise ValueError(f"target FLOPs per byte must be positive, got {target}")
+        raise InvalidArgument(f"target FLOPs per byte must be positive, got {target}")
     best = None
     floor = config.d_model[-2] if config.num_stages > 1 else step
     for width in range(max(step, floor), max_width + 1, step):
@@ -58,7 +59,7 @@ def size_to_flops(
         if best is None or abs(flops - target) < abs(best[1] - target):
             best = (candidate, flops)
     if best is None:
-        raise ValueError(f"no width up to {max_width} in steps of {step} is valid for this config")
+        raise InvalidArgument(f"no width up to {max_width} in steps of {step} is valid for this config")
     return best
 
 

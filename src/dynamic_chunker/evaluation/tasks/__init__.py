@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from functools import cache, partial
 
+from ...errors import InvalidArgument
 from .base import Item, Task, evaluate, score
 from .hellaswag import hellaswag
 from .lambada import lambada
@@ -32,9 +33,9 @@ def _parsed(name: str) -> Task:
 def load_task(name: str, limit: int | None = None) -> Task:
     """Task ``name`` with its first ``limit`` items (all when None); files are parsed once per process."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+        raise InvalidArgument(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise InvalidArgument(f"--limit must be at least 1, got {limit}")
     task = _parsed(name)
     return dataclasses.replace(task, items=list(task.items[:limit]))
 

@@ -13,6 +13,7 @@ import lzma
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...errors import InvalidArgument
 from ..lm import ByteLM
 from ..loglik import Loglik, continuation_logliks
 
@@ -71,7 +72,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Score every item of ``task`` with ``lm``."""
     if not task.items:
-        raise ValueError(f"task {task.name} has no items")
+        raise InvalidArgument(f"task {task.name} has no items")
     requests = [r for item in task.items for r in item.requests()]
     logliks = continuation_logliks(lm, requests, batch_size=batch_size, max_length=max_length, progress=progress)
     return score(task, logliks)

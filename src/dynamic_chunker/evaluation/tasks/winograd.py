@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ...errors import InvalidArgument
 from .base import Item, Task, read_text
 
 XWINOGRAD_LANGUAGES = ("en", "fr", "jp", "pt", "ru", "zh")
@@ -31,7 +32,7 @@ def _pronoun_span(sentence: str, tokens: list[str], span: list[int]) -> tuple[in
         position = end
     start, end = offsets[span[0]][0], offsets[span[1] - 1][1]
     if start == end:
-        raise ValueError(f"pronoun tokens {tokens[span[0] : span[1]]} not found in {sentence!r}")
+        raise InvalidArgument(f"pronoun tokens {tokens[span[0] : span[1]]} not found in {sentence!r}")
     return start, end
 
 
@@ -39,7 +40,7 @@ def xwinograd(language: str) -> Task:
     """XWinograd items of one language: context = sentence up to the pronoun with a candidate in its place,
     continuation = the rest of the sentence (where there is none, the candidates are the continuations)."""
     if language not in XWINOGRAD_LANGUAGES:
-        raise ValueError(f"unknown XWinograd language {language!r}; choose from {', '.join(XWINOGRAD_LANGUAGES)}")
+        raise InvalidArgument(f"unknown XWinograd language {language!r}; choose from {', '.join(XWINOGRAD_LANGUAGES)}")
     items = []
     for line in read_text("xwinograd.tsv.xz").splitlines():
         fields = line.split("\t")
