@@ -215,7 +215,8 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
     if done.is_file():
         return json.loads(done.read_text())
     if not (out_dir / CHECKPOINT).exists() or not (out_dir / "model.safetensors").exists():
-        train(config, resume=(out_dir / CHECKPOINT).exists(), progress=progress)
+        if train(config, resume=(out_dir / CHECKPOINT).exists(), progress=progress).interrupted:
+            raise KeyboardInterrupt  # Ctrl-C / SIGTERM: the run saved a checkpoint; rerunning the suite resumes it
     history, evals = read_csv(out_dir / "train.csv"), read_csv(out_dir / "eval.csv")
     minutes = history[-1]["elapsed_s"] / 60 if history else math.nan  # training steps only, over all sessions
     lm = load_lm(out_dir)
