@@ -433,14 +433,16 @@ def add_eval_parser(sub) -> None:
     """``hnet eval``: a parent for the evaluations, each its own subcommand."""
     p = sub.add_parser(
         "eval",
-        help="evaluate a model: bits per byte, zero-shot tasks, robustness to character noise",
-        description="Evaluate a model folder (byte models, or a token model with tokenizer.json next to it). Results "
-        "are printed and written as NAME.json and NAME.md to --out (default: MODEL/eval).",
+        help="evaluate a model (bits per byte, zero-shot tasks, robustness to character noise) or chunkers (retrieval)",
+        description="Evaluate a model folder (byte models, or a token model with tokenizer.json beside it): bpb, tasks "
+        "and robustness print results and write NAME.json and NAME.md to --out (default: MODEL/eval). `hnet eval "
+        "retrieval` scores chunkers for retrieval (RAG) against common baselines.",
     )
     eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
     add_eval_bpb_parser(eval_sub)
     add_eval_tasks_parser(eval_sub)
     add_eval_robustness_parser(eval_sub)
+    add_eval_retrieval_parser(eval_sub)
 
 
 def add_eval_model_arguments(q: argparse.ArgumentParser) -> None:
@@ -522,6 +524,29 @@ def add_bench_parser(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from .evaluation.retrieval_benchmark import run
+
+    return run(args)
+
+
+def add_eval_retrieval_parser(eval_sub) -> None:
+    """``hnet eval retrieval``: chunkers scored on question-answering retrieval (needs the ``rag`` extra)."""
+    from .evaluation.retrieval_benchmark import add_arguments
+
+    p = eval_sub.add_parser(
+        "retrieval",
+        help="score chunkers for retrieval (RAG) on SQuAD questions against common baselines",
+        description="Chunk SQuAD articles (or your own SQuAD-form JSON), embed the chunks with a sentence-transformers "
+        "model (cached on disk), retrieve the top-k chunks for each question from one pool and score recall, "
+        "precision, IoU and hit of the answer characters, with standard errors; baselines (fixed-size, LangChain, "
+        "semchunk, chonkie) are calibrated to target mean chunk lengths. Needs pip install -e '.[rag]'; set "
+        "HF_HUB_OFFLINE=1 to stay offline.",
+    )
+    add_arguments(p, "retrieval")
+    p.set_defaults(func=cmd_eval_retrieval)
 
 
 # ------------------------------------------------------------------------------------------------------------ main
