@@ -242,6 +242,8 @@ def test_cli_runs_on_own_data_and_compares(tmp_path, monkeypatch, capsys):
     assert main([*args, "--variants", "flat", "--out", str(second)]) == 0
     text = (tmp_path / "out" / "mine.md").read_text()
     assert "| mine | - |" in text and "| fixed-size | 12 |" in text and "fixed-size@12 |" in text  # paired against it
+    merged = json.loads(gzip.open(f"{second}.json.gz").read())["variants"]["flat"]["chunkers"]
+    assert set(merged) == {"mine", "fixed-size@12"}  # one self-contained file for the next comparison
     capsys.readouterr()
     assert main([*common, "--variants", "lines"]) == 2
     assert "unknown variant" in capsys.readouterr().err

@@ -137,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_outputs(report: dict, compared: list[dict], embedder, begin: float, out: Path, final: bool) -> str:
-    """Write the per-question scores (.json.gz), the markdown report (with ``compared`` runs merged in) and the
-    plot; returns the markdown. Called after every chunker, so a stopped run leaves what it finished."""
+    """Write the per-question scores (.json.gz), the markdown report and the plot, all with the ``compared`` runs
+    merged in; returns the markdown. Called after every chunker, so a stopped run leaves what it finished."""
     report["meta"] = {
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "machine": machine(),
@@ -147,13 +147,13 @@ def write_outputs(report: dict, compared: list[dict], embedder, begin: float, ou
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "complete": final,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(out.with_name(out.name + ".json.gz"), "wt", encoding="utf-8") as file:
-        json.dump(report, file)
     shown = json.loads(json.dumps(report)) if compared else report
     for earlier in compared:
         merge_results(shown, earlier)
     shown["meta"]["merged"] = [earlier["meta"] for earlier in compared]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(out.with_name(out.name + ".json.gz"), "wt", encoding="utf-8") as file:
+        json.dump(shown, file)  # with the compared runs merged in: one self-contained file to compare against later
     text = markdown(shown)
     out.with_name(out.name + ".md").write_text(text, encoding="utf-8")
     plot(shown, out.with_name(out.name + ".png"))
