@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from ..config import HNetConfig
+from .objective import RATIO_LOSS_WEIGHT
 
 GPT2_BYTES_PER_TOKEN = 4.6  # N^GPT of the paper's learning-rate rule (App. C): GPT-2 bytes per token on FineWeb-Edu
 
@@ -33,7 +34,7 @@ class DataSection:
 @dataclass
 class RatioSection:
     targets: list[float]  # N per chunking stage, outermost first (bytes per chunk at that stage)
-    alpha: float = 0.03  # weight of the ratio loss
+    alpha: float = RATIO_LOSS_WEIGHT  # weight of the ratio loss
 
 
 @dataclass
