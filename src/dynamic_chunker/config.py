@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+BOS = 254  # byte that starts every document (corpora) and every prompt (generation); never in UTF-8 text
+EOS = 255  # byte that ends a generated sequence; never in UTF-8 text either
 _TOKEN = re.compile(r"([mMtT])(\d+)")
 
 

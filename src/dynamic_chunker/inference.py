@@ -9,11 +9,54 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
-BOS = 254
-EOS = 255
+from .chunking import RoutingState
+from .config import BOS, EOS
+
+
+@dataclass
+class StageCache:
+    """Decoding state of one stage, mirroring :class:`HNet`. Parts a stage does not have are None."""
+
+    main: StageCache | list | None = None  # the next stage's cache, or the innermost stack's layer caches
+    encoder: list | None = None
+    decoder: list | None = None
+    routing: RoutingState | None = None
+    dechunk: torch.Tensor | None = None  # (B, D) last smoothed chunk vector
+
+
+@dataclass
+class InferenceCache:
+    """Decoding state of a whole model: ``batch_size`` rows of at most ``max_seqlen`` bytes each (prompt + new)."""
+
+    batch_size: int
+    max_seqlen: int
+    stages: StageCache
+    seqlen_offset: int = 0  # bytes processed by the longest row: padded prefill length + steps
+
+    def check_prefill(self, shape: torch.Size, document_ids: torch.Tensor | None) -> None:
+        """A prefill of ``shape`` (B, L) fits this fresh cache."""
+        if document_ids is not None:
+            raise ValueError(
+                "a prefill takes one sequence per row: use mask=, not document_ids=, with inference_params"
+            )
+        if self.seqlen_offset:
+            raise ValueError(
+                "this cache has already been used: a prefill needs a fresh one from allocate_inference_cache"
+            )
+        if shape[0] != self.batch_size:
+            raise ValueError(f"got {shape[0]} rows but the cache was allocated for {self.batch_size}")
+        if shape[1] > self.max_seqlen:
+            raise ValueError(f"the prompt has {shape[1]} positions but the cache holds max_seqlen={self.max_seqlen}")
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # (B, 256) next-byte logits after the new byte
+    boundary_mask: torch.Tensor  # (B, chunking stages) long: 1 / 0 = chunk starts here or not; -1 = stage did not run
 
 
 def encode(prompt: str | bytes) -> list[int]:
@@ -104,7 +147,7 @@ def generate_ids(
         yield [None if d else b for b, d in zip(new.tolist(), done.tolist())]
         if bool(done.all()) or i == max_new_bytes - 1:
             return
-        logits = model.step(new, cache).logits
+        logits = model.step(new, cache, check=False).logits  # sampled bytes are in range: no device read
 
 
 def generate(

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-BOS = 254  # marks the start of every document in a .bin file
-EOS = 255  # never written to corpora; free for models that want an explicit end-of-document byte
+from ..config import BOS
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 IDX_DTYPE = np.dtype("<i8")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +18,7 @@ import yaml
 
 from ..config import HNetConfig
 from .objective import RATIO_LOSS_WEIGHT
-
-GPT2_BYTES_PER_TOKEN = 4.6  # N^GPT of the paper's learning-rate rule (App. C): GPT-2 bytes per token on FineWeb-Edu
+from .optim import paper_lr_multipliers
 
 
 @dataclass
@@ -162,17 +160,6 @@ class TrainConfig:
             )
         _require(self.eval.every >= 0 and self.checkpoint.every >= 0, "eval.every and checkpoint.every must be >= 0")
         _require(self.eval.windows >= 1 and self.eval.batch_size >= 1, "eval.windows and eval.batch_size must be >= 1")
-
-
-def paper_lr_multipliers(config: HNetConfig, targets: list[float]) -> list[float]:
-    """lambda^s = sqrt(N_GPT * D^S / (D^s * prod_{i<s} N^i)), the rule of the paper's appendix C (reference 5.3)."""
-    widths = config.d_model
-    out, product = [], 1.0
-    for s, width in enumerate(widths):
-        out.append(math.sqrt(GPT2_BYTES_PER_TOKEN * widths[-1] / (width * product)))
-        if s < len(targets):
-            product *= targets[s]
-    return out
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

@@ -21,12 +21,13 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ByteWindows, PreparedCorpus
-from ..model import HNetForCausalLM, parameter_groups
+from ..model import HNetForCausalLM
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .logs import RunLog, plot_curves
 from .objective import IGNORE, compute_losses, routing_sums, split_batch, summarize
+from .optim import build_optimizer
 from .schedule import WarmupStableDecay
 
 CHECKPOINT = "checkpoint.pt"
@@ -114,14 +115,13 @@ class Trainer:
         checkpoint = self._checkpoint_to_resume(resume)
         torch.manual_seed(cfg.train.seed)
         self.model = HNetForCausalLM(self.model_config, device=rt.device)
+        self.model.check_inputs = False  # the windows are checked bytes: no device reads of their values per forward
         if cfg.train.gradient_checkpointing not in (False, []):
             stages = None if cfg.train.gradient_checkpointing is True else cfg.train.gradient_checkpointing
             self.model.set_gradient_checkpointing(True, stages)
-        groups = parameter_groups(self.model, config.lr_multipliers(), cfg.optimizer.weight_decay)
-        for group in groups:
-            group["lr"] = cfg.optimizer.lr * group["lr_multiplier"]
-        self.optimizer = torch.optim.AdamW(
-            groups, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps
+        opt = cfg.optimizer
+        self.optimizer = build_optimizer(
+            self.model, opt.lr, config.lr_multipliers(), opt.weight_decay, opt.betas, opt.eps
         )
         self.schedule = WarmupStableDecay(self.optimizer, cfg.schedule.warmup, cfg.schedule.decay)
         self.step, self.elapsed = 0, 0.0
