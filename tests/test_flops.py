@@ -3,7 +3,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
-from dynamic_chunker.config import SSMConfig
+from dynamic_chunker.config import OFFICIAL_CONFIGS, SSMConfig
 from dynamic_chunker.evaluation.flops import (
     attention_flops,
     default_compression,
@@ -16,11 +16,9 @@ from dynamic_chunker.evaluation.flops import (
 from dynamic_chunker.layers.attention import attention_mask
 from dynamic_chunker.layers.segments import Segments
 
-from .conftest import OFFICIAL
-
 
 def official(name: str) -> HNetConfig:
-    return HNetConfig.from_json(OFFICIAL / "configs" / f"{name}.json")
+    return HNetConfig.from_json(OFFICIAL_CONFIGS / f"{name}.json")
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections import defaultdict
@@ -23,12 +22,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import HNetConfig
+from .config import OFFICIAL_CONFIGS, HNetConfig
+from .files import atomic_write
 from .model import HNetForCausalLM
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-OFFICIAL_CONFIGS = Path(__file__).parent / "official_configs"
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -240,14 +239,6 @@ def from_pretrained(
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _replace_atomically(path: Path, write) -> None:
-    """Write through a temporary file, so that an interrupted save never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.chmod(tmp, 0o644)  # safetensors creates owner-only files; model files are meant to be shared
-    os.replace(tmp, path)
-
-
 def save_pretrained(model: HNetForCausalLM, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (tensors in the model's dtypes) to ``directory``."""
     directory = Path(directory)
@@ -255,8 +246,8 @@ def save_pretrained(model: HNetForCausalLM, directory: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")  # the same tensor as embeddings.weight; restored on loading
-    _replace_atomically(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    _replace_atomically(directory / CONFIG_NAME, model.config.to_json)
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, model.config.to_json())
     return directory
 
 
@@ -275,6 +266,6 @@ def convert(
     destination = Path(destination)
     if destination.suffix == ".pt":
         destination.parent.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(destination, lambda p: torch.save(model.state_dict(), p))
+        atomic_write(destination, lambda p: torch.save(model.state_dict(), p))
         return destination
     return save_pretrained(model, destination)

@@ -1,13 +1,16 @@
 """Training configuration: a YAML file plus ``key=value`` overrides, checked strictly.
 
 Every section is a dataclass; unknown keys, wrong types and impossible values are errors that name the key and
-say what is expected. Relative paths (model JSON, corpus) are resolved from the current directory.
+say what is expected. Relative paths written in a YAML file (model JSON, corpus) are resolved from that file's
+folder; paths given as ``key=value`` overrides, from the current directory. ``model: official:NAME`` names a
+released model's config (``HNetConfig.official``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +22,8 @@ import yaml
 from ..config import HNetConfig
 from .objective import RATIO_LOSS_WEIGHT
 from .optim import paper_lr_multipliers
+
+OFFICIAL = "official:"  # model: official:hnet_2stage_XL
 
 
 @dataclass
@@ -79,7 +84,7 @@ class CheckpointSection:
 
 @dataclass
 class TrainConfig:
-    model: str | dict  # path to a model JSON (official schema) or the same object inline
+    model: str | dict  # path to a model JSON (official schema), official:NAME, or the same object inline
     data: DataSection
     ratio: RatioSection
     optimizer: OptimizerSection
@@ -99,11 +104,12 @@ class TrainConfig:
                 return HNetConfig.from_dict(self.model)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"model (inline): {err}") from None
+        if self.model.startswith(OFFICIAL):
+            return HNetConfig.official(self.model[len(OFFICIAL) :])
         path = Path(self.model)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"model config {path} not found (relative paths are resolved from the current directory, {Path.cwd()})"
-            )
+            where = "" if path.is_absolute() else f" (relative to the current directory, {Path.cwd()})"
+            raise FileNotFoundError(f"model config {path} not found{where}")
         return HNetConfig.from_json(path)
 
     def lr_multipliers(self) -> list[float]:
@@ -173,6 +179,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
         raise ValueError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise TypeError(f"{path}: a training config must be a YAML mapping of sections, got {type(data).__name__}")
+    _resolve_paths(data, path.parent)
     for item in overrides:
         apply_override(data, item)
     data.setdefault("out", str(Path("runs") / path.stem))
@@ -180,6 +187,15 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
         return config_from_dict(data)
     except (TypeError, ValueError, FileNotFoundError) as err:
         raise type(err)(f"{path}: {err}") from None
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    """Relative ``model`` and ``data.corpus`` paths of a YAML file: from the file's folder."""
+    if isinstance(data.get("model"), str) and not data["model"].startswith(OFFICIAL):
+        data["model"] = os.path.normpath(folder / data["model"])
+    section = data.get("data")
+    if isinstance(section, dict) and isinstance(section.get("corpus"), str):
+        section["corpus"] = os.path.normpath(folder / section["corpus"])
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

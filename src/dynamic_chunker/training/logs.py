@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
+
+from ..files import atomic_write
 
 TRAIN_CSV, EVAL_CSV, PLOT = "train.csv", "eval.csv", "curves.png"
 
@@ -65,10 +67,9 @@ def _truncate(path: Path, step: int) -> None:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    temp = path.with_suffix(".tmp")
-    with open(temp, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-    os.replace(temp, path)
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(kept)
+    atomic_write(path, text.getvalue())
 
 
 def plot_curves(out_dir: Path) -> Path | None:
@@ -103,6 +104,6 @@ def plot_curves(out_dir: Path) -> Path | None:
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     path = out_dir / PLOT
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda temp: fig.savefig(temp, dpi=110, format="png"))
     plt.close(fig)
     return path

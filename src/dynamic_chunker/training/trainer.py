@@ -21,6 +21,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ByteWindows, PreparedCorpus
+from ..files import atomic_write
 from ..model import HNetForCausalLM
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -276,7 +277,7 @@ class Trainer:
         log = None
         if rt.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "train.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            atomic_write(self.out_dir / "train.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             log = RunLog(self.out_dir, self.resumed_from)
         # with a time budget the step count at the end is unknown: the bar then shows steps and rate, no total
         bar = _progress_bar(progress and rt.is_main, None if budget else steps, self.step)

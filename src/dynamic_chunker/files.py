@@ -1,0 +1,48 @@
+"""Atomic file writes: the one way this package writes a file that must never be seen half-written.
+
+The content goes to a temporary file in the destination's folder (``.NAME.PID.tmp``), is flushed to disk (fsync),
+then renamed over the destination (an atomic replace on POSIX) and the folder entry is synced too. A kill at any
+moment leaves either the previous file or the new one under the destination's name, plus at worst a stale
+temporary file that matches :data:`TEMP_GLOB`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+TEMP_GLOB = ".*.tmp"  # what an interrupted atomic_write can leave behind
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], object], mode: int = 0o644) -> Path:
+    """Write ``content`` (bytes, UTF-8 text, or a function that writes a file at the path it is given) to ``path``
+    atomically; creates the folder if needed and returns the path. ``mode``: the file's permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if callable(content):
+            content(temp)
+        else:
+            temp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(temp, mode)  # e.g. safetensors creates owner-only files; ours are meant to be shared
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return path
