@@ -25,7 +25,7 @@ def official(name: str) -> HNetConfig:
     ("name", "ratio", "expected"), [("hnet_1stage_L", 4.8, 0.433e9), ("hnet_1stage_XL", 4.7, 0.716e9)]
 )
 def test_worked_example_of_the_reference(name, ratio, expected):
-    # HNET_REFERENCE.md section 9; Table 2 of the paper prints 0.43 and 0.72 GFLOPs/byte
+    # docs/MODEL.md (FLOPs per byte); Table 2 of the paper prints 0.43 and 0.72 GFLOPs/byte
     assert forward_flops_per_byte(official(name), 8192, [ratio]) == pytest.approx(expected, rel=0.01)
 
 

@@ -30,7 +30,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # the tensorboard package is missing: the CSV files hold the same numbers
-                print("note: `pip install tensorboard` for TensorBoard logs; writing CSV logs only")
+                print('note: `pip install -e ".[train]"` for TensorBoard logs; writing CSV logs only')
             else:
                 purge = None if resume_step is None else resume_step + 1
                 self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
@@ -77,8 +77,11 @@ def plot_curves(out_dir: Path) -> Path | None:
     train, evals = read_csv(out_dir / TRAIN_CSV), read_csv(out_dir / EVAL_CSV)
     if not train:
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # an optional dependency (the train extra): the CSV files hold the same numbers
+        print(f'note: `pip install -e ".[train]"` to plot {PLOT}')
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
