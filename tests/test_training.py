@@ -247,6 +247,7 @@ def test_targets_that_start_a_document_are_ignored():
 # ------------------------------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(tmp_path, corpus):
     config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 12}, eval={"every": 0}))
     result = train(config, progress=False)
@@ -257,6 +258,7 @@ def test_training_lowers_the_loss(tmp_path, corpus):
     assert all(row["lr"] > 0 for row in result.history)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_trains_identically(tmp_path, corpus, monkeypatch):
     import dynamic_chunker.layers.stack as stack
 
@@ -325,6 +327,7 @@ def test_bf16_autocast_trains(tmp_path, corpus):
     assert fp32.compute_dtype == torch.float32  # auto on a CPU
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("two_stage, grad_accum", [(False, 1), (True, 2)])
 def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, corpus, two_stage, grad_accum):
     def config(out: str):
@@ -360,6 +363,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, co
     assert whole["step"] == parts["step"] == 6
 
 
+@pytest.mark.slow
 def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_path, corpus):
     config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 2}))
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
@@ -375,6 +379,7 @@ def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_pa
     assert train(control, resume=True, progress=False).step == 2
 
 
+@pytest.mark.slow
 def test_time_budget_ends_training_and_completes_the_schedule(tmp_path, corpus, monkeypatch):
     import dynamic_chunker.training.trainer as trainer_module
 
@@ -408,7 +413,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     save_checkpoint(path, {"step": 1, "weights": torch.arange(5.0)})
 
     def crash(obj, f, *args, **kwargs):  # a kill in the middle of writing
-        f.write(b"partial garbage")
+        Path(f).write_bytes(b"partial garbage")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", crash)

@@ -99,13 +99,10 @@ class HNetConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> HNetConfig:
+        from .files import read_document
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        data = read_document(path, json.loads, "config file", "JSON", (json.JSONDecodeError,))
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:

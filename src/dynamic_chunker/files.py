@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 TEMP_GLOB = ".*.tmp"  # what an interrupted atomic_write can leave behind
 
@@ -46,3 +47,15 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], objec
         temp.unlink(missing_ok=True)
     fsync_dir(path.parent)
     return path
+
+
+def read_document(path: str | Path, parse: Callable[[str], Any], what: str, kind: str, errors: tuple) -> Any:
+    """Parse a UTF-8 text file of format ``kind`` (e.g. JSON); a missing file or one of ``errors`` raised by ``parse``
+    becomes a one-line error that names ``what`` and the path."""
+    path = Path(path)
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except (*errors, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid {kind}: {err}") from None

@@ -1,4 +1,4 @@
-"""Evaluation: FLOPs accounting (and, later, metrics, tasks and baselines)."""
+"""Evaluation: FLOPs accounting, FLOP-matched baselines, routing calibration, boundary scores."""
 
 from .flops import flops_breakdown, forward_flops_per_byte, training_flops_per_byte
 

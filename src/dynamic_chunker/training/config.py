@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from ..config import HNetConfig
+from ..files import read_document
 from .objective import RATIO_LOSS_WEIGHT
 from .optim import paper_lr_multipliers
 
@@ -171,12 +172,7 @@ class TrainConfig:
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML training config and apply ``section.key=value`` overrides (values parsed as YAML)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"training config not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    data = read_document(path, yaml.safe_load, "training config", "YAML", (yaml.YAMLError,))
     if not isinstance(data, dict):
         raise TypeError(f"{path}: a training config must be a YAML mapping of sections, got {type(data).__name__}")
     _resolve_paths(data, path.parent)
