@@ -221,8 +221,8 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
     atomic_write(path, b"second")
     assert path.read_text() == "second" and (path.stat().st_mode & 0o777) == 0o644
 
-    def crash(temp):
-        temp.write_text("half")
+    def crash(f):
+        f.write(b"half")
         raise RuntimeError("killed while writing")
 
     with pytest.raises(RuntimeError):

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 BOS = 254  # byte that starts every document (corpora) and every prompt (generation); never in UTF-8 text
 EOS = 255  # byte that ends a generated sequence; never in UTF-8 text either
 OFFICIAL_CONFIGS = Path(__file__).parent / "official_configs"  # the released models' configs, shipped with the package
+
 _TOKEN = re.compile(r"([mMtT])(\d+)")
 
 
@@ -35,6 +38,8 @@ def parse_layout(layout: str) -> list[str]:
     for match in _TOKEN.finditer(layout):
         if match.start() != pos:
             break
+        if int(match.group(2)) < 1:
+            raise ValueError(f"stack layout {layout!r}: {match.group(0)!r} has no layers; counts must be at least 1")
         letters.extend(match.group(1) * int(match.group(2)))
         pos = match.end()
     if pos != len(layout) or not layout:
@@ -102,11 +107,11 @@ class HNetConfig:
         from .files import read_document
 
         path = Path(path)
-        data = read_document(path, json.loads, "config file", "JSON", (json.JSONDecodeError,))
+        data = read_document(path, json.loads, "config file", "JSON", (json.JSONDecodeError,), ConfigError)
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"{path}: {err}") from None
+            raise ConfigError(f"{path}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 TEMP_GLOB = ".*.tmp"  # what an interrupted atomic_write can leave behind
 
@@ -25,23 +25,22 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], object], mode: int = 0o644) -> Path:
-    """Write ``content`` (bytes, UTF-8 text, or a function that writes a file at the path it is given) to ``path``
-    atomically; creates the folder if needed and returns the path. ``mode``: the file's permissions."""
+def atomic_write(path: str | Path, content: bytes | str | Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
+    """Write ``content`` (bytes, UTF-8 text, or a function that writes into the binary file it is given) to ``path``
+    atomically; creates the folder if needed and returns the path. ``mode``: the file's permissions. Writing goes
+    through a Python file object, so a full disk raises OSError (ENOSPC)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if callable(content):
-            content(temp)
-        else:
-            temp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(temp, mode)  # e.g. safetensors creates owner-only files; ours are meant to be shared
+        with open(temp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, mode)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
@@ -49,13 +48,15 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], objec
     return path
 
 
-def read_document(path: str | Path, parse: Callable[[str], Any], what: str, kind: str, errors: tuple) -> Any:
-    """Parse a UTF-8 text file of format ``kind`` (e.g. JSON); a missing file or one of ``errors`` raised by ``parse``
-    becomes a one-line error that names ``what`` and the path."""
+def read_document(
+    path: str | Path, parse: Callable[[str], Any], what: str, kind: str, errors: tuple, error: type = ValueError
+) -> Any:
+    """Parse a UTF-8 text file of format ``kind`` (e.g. JSON); a missing file, or one of ``errors`` raised by
+    ``parse`` (then as ``error``), becomes a one-line error that names ``what`` and the path."""
     path = Path(path)
     try:
         return parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except (*errors, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid {kind}: {err}") from None
+        raise error(f"{path} is not valid {kind}: {err}") from None

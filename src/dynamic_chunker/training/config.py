@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -20,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from ..config import HNetConfig
+from ..errors import ConfigError
 from ..files import read_document
 from .objective import RATIO_LOSS_WEIGHT
 from .optim import paper_lr_multipliers
@@ -104,7 +106,7 @@ class TrainConfig:
             try:
                 return HNetConfig.from_dict(self.model)
             except (TypeError, ValueError) as err:
-                raise type(err)(f"model (inline): {err}") from None
+                raise ConfigError(f"model (inline): {err}") from None
         if self.model.startswith(OFFICIAL):
             return HNetConfig.official(self.model[len(OFFICIAL) :])
         path = Path(self.model)
@@ -129,8 +131,11 @@ class TrainConfig:
             raise ValueError(
                 f"ratio.targets needs one N per chunking stage: the model has {stages}, got {self.ratio.targets}"
             )
-        for n in self.ratio.targets:
-            _require(n > 1, f"ratio.targets must all be > 1 (bytes per chunk), got {self.ratio.targets}")
+        for n in self.ratio.targets:  # the ratio loss divides by N - 1
+            _require(
+                math.isfinite(n) and n > 1,
+                f"ratio.targets must be finite numbers > 1 (bytes per chunk), got {self.ratio.targets}",
+            )
         _require(self.ratio.alpha >= 0, f"ratio.alpha must be >= 0, got {self.ratio.alpha}")
         _require(self.data.seq_len >= 2, f"data.seq_len must be at least 2, got {self.data.seq_len}")
         opt = self.optimizer
@@ -154,6 +159,8 @@ class TrainConfig:
         )
         t = self.train
         _require(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
+        for key, seed in (("train.seed", t.seed), ("data.seed", self.data.seed)):
+            _require(0 <= seed < 2**63, f"{key} must be in 0..2**63-1, got {seed}")
         _require(t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
         _require(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null, got {t.grad_clip}")
         _require(
@@ -172,17 +179,37 @@ class TrainConfig:
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML training config and apply ``section.key=value`` overrides (values parsed as YAML)."""
     path = Path(path)
-    data = read_document(path, yaml.safe_load, "training config", "YAML", (yaml.YAMLError,))
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a training config file such as configs/tiny_1stage.yaml")
+    parse = lambda text: yaml.load(text, Loader=_StrictLoader)  # noqa: E731
+    data = read_document(path, parse, "training config", "YAML", (yaml.YAMLError,), ConfigError)
     if not isinstance(data, dict):
-        raise TypeError(f"{path}: a training config must be a YAML mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{path}: a training config must be a YAML mapping of sections, got {type(data).__name__}")
     _resolve_paths(data, path.parent)
-    for item in overrides:
-        apply_override(data, item)
-    data.setdefault("out", str(Path("runs") / path.stem))
     try:
+        for item in overrides:
+            apply_override(data, item)
+        data.setdefault("out", str(Path("runs") / path.stem))
         return config_from_dict(data)
-    except (TypeError, ValueError, FileNotFoundError) as err:
-        raise type(err)(f"{path}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: {err}") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _resolve_paths(data: dict[str, Any], folder: Path) -> None:

@@ -107,6 +107,6 @@ def plot_curves(out_dir: Path) -> Path | None:
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     path = out_dir / PLOT
-    atomic_write(path, lambda temp: fig.savefig(temp, dpi=110, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -34,12 +34,24 @@ def parameter_stages(model: torch.nn.Module) -> dict[int, int]:
         stage = stage.main_network
 
 
-def parameter_groups(model: torch.nn.Module, lr_multipliers: list[float], weight_decay: float) -> list[dict]:
+def parameter_groups(
+    model: torch.nn.Module,
+    lr_multipliers: list[float] | str,
+    weight_decay: float,
+    ratio_targets: list[float] | None = None,
+) -> list[dict]:
     """AdamW parameter groups with a per-stage learning-rate multiplier (``lr_multiplier`` key).
 
-    Weight decay is off for biases, all norm weights, ``dt_bias``, ``A_log``, ``D`` and ``pad_dimension``
-    (a deliberate departure from the official helper, which only exempts ``.bias`` and ``.norm.`` names).
+    The caller applies the multiplier (``group["lr"] = lr * group["lr_multiplier"]``, as :func:`build_optimizer`
+    does); AdamW ignores the key. ``lr_multipliers="auto"`` is the paper's rule (as in a training YAML) for
+    ``ratio_targets`` (default: the paper's bytes per chunk, [6] or [3, 3]). Weight decay is off for biases, all norm
+    weights, ``dt_bias``, ``A_log``, ``D`` and ``pad_dimension`` (a deliberate departure from the official helper,
+    which only exempts ``.bias`` and ``.norm.`` names).
     """
+    if lr_multipliers == "auto":
+        from ..evaluation.flops import default_compression
+
+        lr_multipliers = paper_lr_multipliers(model.config, ratio_targets or default_compression(model.config))
     n = model.config.num_stages
     if len(lr_multipliers) != n:
         raise ValueError(f"need one learning-rate multiplier per stage ({n}), got {lr_multipliers}")
