@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import yaml
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM, from_pretrained, parameter_groups
 from dynamic_chunker.cli import main
+from dynamic_chunker.config import OFFICIAL_CONFIGS
 from dynamic_chunker.data import Document, Source, prepare_corpus
 from dynamic_chunker.errors import ConfigError
 from dynamic_chunker.training import load_config, paper_lr_multipliers, train
@@ -25,7 +28,7 @@ from dynamic_chunker.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-OFFICIAL = ROOT / "tests" / "fixtures" / "official" / "configs"
+OFFICIAL = OFFICIAL_CONFIGS
 
 WORDS = (
     "the a model learns to split bytes into chunks of words and the routing module finds boundaries where "
@@ -170,7 +173,7 @@ def test_overrides_and_yaml_numbers(tmp_path, corpus):
         ({"optimizer": {"lr": 1e-3, "lr_multipliers": "paper"}}, ConfigError, "optimizer.lr_multipliers must be"),
         ({"schedule": {"warmup": 0.9, "decay": 0.2}}, ValueError, "warmup + decay <= 1"),
         ({"train": {"steps": 6, "batch_size": 4, "dtype": "fp16"}}, ValueError, "train.dtype must be one of"),
-        ({"model": "no/such/model.json"}, FileNotFoundError, "model config no/such/model.json not found"),
+        ({"model": "no/such/model.json"}, FileNotFoundError, "no/such/model.json not found"),
         ({"model": {"arch_layout": ["m1"], "d_model": [32, 48]}}, ValueError, "model (inline): d_model has 2"),
         (
             {"train": {"steps": 6, "batch_size": 4, "gradient_checkpointing": [2]}},
@@ -263,6 +266,7 @@ def test_targets_that_start_a_document_are_ignored():
 # ------------------------------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(tmp_path, corpus):
     config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 12}, eval={"every": 0}))
     result = train(config, progress=False)
@@ -273,6 +277,7 @@ def test_training_lowers_the_loss(tmp_path, corpus):
     assert all(row["lr"] > 0 for row in result.history)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_trains_identically(tmp_path, corpus, monkeypatch):
     import dynamic_chunker.layers.stack as stack
 
@@ -341,6 +346,7 @@ def test_bf16_autocast_trains(tmp_path, corpus):
     assert fp32.compute_dtype == torch.float32  # auto on a CPU
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("two_stage, grad_accum", [(False, 1), (True, 2)])
 def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, corpus, two_stage, grad_accum):
     def config(out: str):
@@ -376,6 +382,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, co
     assert whole["step"] == parts["step"] == 6
 
 
+@pytest.mark.slow
 def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_path, corpus):
     config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 2}))
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
@@ -393,6 +400,7 @@ def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_pa
     assert train(control, resume=True, progress=False).step == 2
 
 
+@pytest.mark.slow
 def test_time_budget_ends_training_and_completes_the_schedule(tmp_path, corpus, monkeypatch):
     import dynamic_chunker.training.trainer as trainer_module
 
@@ -475,3 +483,24 @@ def test_cli_overrides_may_follow_options(monkeypatch):
         cli.main(["train", "c.yaml", "--bogus"])
     with pytest.raises(SystemExit):
         cli.main(["generate", "--model", "m", "--prompt", "p", "a=b"])
+
+
+def test_yaml_paths_resolve_from_the_yaml_folder_and_official_names(tmp_path, corpus, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    data = tiny_config(corpus, tmp_path / "run")
+    (folder / "model.json").write_text(json.dumps(data["model"]))
+    data["model"] = "model.json"
+    data["data"]["corpus"] = os.path.relpath(corpus, folder)
+    path = write_yaml(folder / "c.yaml", data)
+    monkeypatch.chdir(tmp_path.parent)  # the current folder plays no part
+    config = load_config(path)
+    assert Path(config.model) == folder / "model.json" and Path(config.data.corpus) == Path(corpus)
+    assert config.model_config() == HNetConfig.from_dict(json.loads((folder / "model.json").read_text()))
+    overridden = load_config(path, [f"data.corpus={os.path.relpath(corpus)}"])  # overrides: from the current folder
+    assert Path(overridden.data.corpus) == Path(os.path.relpath(corpus))
+    official = load_config(CONFIGS / "hnet_2stage_XL.yaml")
+    assert official.model == "official:hnet_2stage_XL"
+    assert official.model_config() == HNetConfig.official("hnet_2stage_XL")
+    with pytest.raises(FileNotFoundError, match="released models are"):
+        load_config(path, ["model=official:nope"]).model_config()

@@ -3,7 +3,9 @@
 from .checkpoints import from_pretrained
 from .chunking import RoutingOutput, ratio_loss
 from .config import HNetConfig
-from .model import BoundaryOutput, HNet, HNetForCausalLM, HNetOutput, InferenceCache, StepOutput, parameter_groups
+from .inference import InferenceCache, StepOutput
+from .model import BoundaryOutput, HNet, HNetForCausalLM, HNetOutput
+from .training.optim import parameter_groups
 
 __all__ = [
     "BoundaryOutput",

@@ -320,8 +320,8 @@ def cmd_boundaries(args: argparse.Namespace) -> int:
         with open(args.file, "rb") as file:
             data = file.read(args.max_bytes)  # no need to read more of a large file than is chunked
     else:
+        from .config import BOS
         from .data import PreparedCorpus
-        from .data.corpus import BOS
 
         split = PreparedCorpus(args.corpus).split("val")
         data = bytes(split.data[: args.max_bytes]).replace(bytes([BOS]), b"\n")  # documents joined by newlines

@@ -18,6 +18,10 @@ from typing import Any
 
 from .errors import ConfigError
 
+BOS = 254  # byte that starts every document (corpora) and every prompt (generation); never in UTF-8 text
+EOS = 255  # byte that ends a generated sequence; never in UTF-8 text either
+OFFICIAL_CONFIGS = Path(__file__).parent / "official_configs"  # the released models' configs, shipped with the package
+
 _TOKEN = re.compile(r"([mMtT])(\d+)")
 
 
@@ -94,14 +98,20 @@ class HNetConfig:
         return _build(cls, data, "config")
 
     @classmethod
+    def official(cls, name: str) -> HNetConfig:
+        """The config of a released model, e.g. ``HNetConfig.official("hnet_2stage_XL")``."""
+        path = OFFICIAL_CONFIGS / f"{name}.json"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in OFFICIAL_CONFIGS.glob("*.json")))
+            raise FileNotFoundError(f"no official config {name!r}; the released models are {names}")
+        return cls.from_json(path)
+
+    @classmethod
     def from_json(cls, path: str | Path) -> HNetConfig:
+        from .files import read_document
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from None
+        data = read_document(path, json.loads, "config file", "JSON", (json.JSONDecodeError,), ConfigError)
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
@@ -118,7 +128,9 @@ class HNetConfig:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            from .files import atomic_write
+
+            atomic_write(path, text)
         return text
 
     # ------------------------------------------------------------ structure

@@ -1,7 +1,9 @@
 """Training configuration: a YAML file plus ``key=value`` overrides, checked strictly.
 
 Every section is a dataclass; unknown keys, wrong types and impossible values are errors that name the key and
-say what is expected. Relative paths (model JSON, corpus) are resolved from the current directory.
+say what is expected. Relative paths written in a YAML file (model JSON, corpus) are resolved from that file's
+folder; paths given as ``key=value`` overrides, from the current directory. ``model: official:NAME`` names a
+released model's config (``HNetConfig.official``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +22,11 @@ import yaml
 
 from ..config import HNetConfig
 from ..errors import ConfigError
+from ..files import read_document
+from .objective import RATIO_LOSS_WEIGHT
+from .optim import paper_lr_multipliers
 
-GPT2_BYTES_PER_TOKEN = 4.6  # N^GPT of the paper's learning-rate rule (App. C): GPT-2 bytes per token on FineWeb-Edu
+OFFICIAL = "official:"  # model: official:hnet_2stage_XL
 
 
 @dataclass
@@ -37,7 +43,7 @@ class DataSection:
 @dataclass
 class RatioSection:
     targets: list[float]  # N per chunking stage, outermost first (bytes per chunk at that stage)
-    alpha: float = 0.03  # weight of the ratio loss
+    alpha: float = RATIO_LOSS_WEIGHT  # weight of the ratio loss
 
 
 @dataclass
@@ -84,7 +90,7 @@ class CheckpointSection:
 
 @dataclass
 class TrainConfig:
-    model: str | dict  # path to a model JSON (official schema) or the same object inline
+    model: str | dict  # path to a model JSON (official schema), official:NAME, or the same object inline
     data: DataSection
     ratio: RatioSection
     optimizer: OptimizerSection
@@ -104,11 +110,12 @@ class TrainConfig:
                 return HNetConfig.from_dict(self.model)
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"model (inline): {err}") from None
+        if self.model.startswith(OFFICIAL):
+            return HNetConfig.official(self.model[len(OFFICIAL) :])
         path = Path(self.model)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"model config {path} not found (relative paths are resolved from the current directory, {Path.cwd()})"
-            )
+            where = "" if path.is_absolute() else f" (relative to the current directory, {Path.cwd()})"
+            raise FileNotFoundError(f"model config {path} not found{where}")
         return HNetConfig.from_json(path)
 
     def lr_multipliers(self) -> list[float]:
@@ -182,30 +189,16 @@ class TrainConfig:
         _require(self.eval.windows >= 1 and self.eval.batch_size >= 1, "eval.windows and eval.batch_size must be >= 1")
 
 
-def paper_lr_multipliers(config: HNetConfig, targets: list[float]) -> list[float]:
-    """lambda^s = sqrt(N_GPT * D^S / (D^s * prod_{i<s} N^i)), the rule of the paper's appendix C (reference 5.3)."""
-    widths = config.d_model
-    out, product = [], 1.0
-    for s, width in enumerate(widths):
-        out.append(math.sqrt(GPT2_BYTES_PER_TOKEN * widths[-1] / (width * product)))
-        if s < len(targets):
-            product *= targets[s]
-    return out
-
-
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML training config and apply ``section.key=value`` overrides (values parsed as YAML)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder; give a training config file such as configs/tiny_1stage.yaml")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"training config not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    parse = lambda text: yaml.load(text, Loader=_StrictLoader)  # noqa: E731
+    data = read_document(path, parse, "training config", "YAML", (yaml.YAMLError,), ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a training config must be a YAML mapping of sections, got {type(data).__name__}")
+    _resolve_paths(data, path.parent)
     try:
         for item in overrides:
             apply_override(data, item)
@@ -230,6 +223,15 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    """Relative ``model`` and ``data.corpus`` paths of a YAML file: from the file's folder."""
+    if isinstance(data.get("model"), str) and not data["model"].startswith(OFFICIAL):
+        data["model"] = os.path.normpath(folder / data["model"])
+    section = data.get("data")
+    if isinstance(section, dict) and isinstance(section.get("corpus"), str):
+        section["corpus"] = os.path.normpath(folder / section["corpus"])
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

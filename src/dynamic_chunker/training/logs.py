@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
+
+from ..files import atomic_write
 
 TRAIN_CSV, EVAL_CSV, PLOT = "train.csv", "eval.csv", "curves.png"
 
@@ -28,7 +30,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # the tensorboard package is missing: the CSV files hold the same numbers
-                print("note: `pip install tensorboard` for TensorBoard logs; writing CSV logs only")
+                print('note: `pip install -e ".[train]"` for TensorBoard logs; writing CSV logs only')
             else:
                 purge = None if resume_step is None else resume_step + 1
                 self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
@@ -65,10 +67,9 @@ def _truncate(path: Path, step: int) -> None:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    temp = path.with_suffix(".tmp")
-    with open(temp, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-    os.replace(temp, path)
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(kept)
+    atomic_write(path, text.getvalue())
 
 
 def plot_curves(out_dir: Path) -> Path | None:
@@ -76,8 +77,11 @@ def plot_curves(out_dir: Path) -> Path | None:
     train, evals = read_csv(out_dir / TRAIN_CSV), read_csv(out_dir / EVAL_CSV)
     if not train:
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # an optional dependency (the train extra): the CSV files hold the same numbers
+        print(f'note: `pip install -e ".[train]"` to plot {PLOT}')
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -104,6 +108,6 @@ def plot_curves(out_dir: Path) -> Path | None:
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     path = out_dir / PLOT
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -1,5 +1,7 @@
 """The training objective (next-byte cross-entropy + alpha * ratio losses) and the routing statistics we report.
 
+The one definition of the loss: the trainer, ``reference.verify_reference`` and every benchmark call it.
+
 Targets: the model reads ``input_ids[:, :-1]`` (with ``document_ids[:, :-1]``) and predicts ``input_ids[:, 1:]``.
 A target that *starts a new document* (its BOS byte) is ignored: with per-document resets the model cannot know
 where the next document of a packed row begins, so that byte is noise in the loss and in bits-per-byte.
@@ -18,6 +20,7 @@ from ..evaluation.boundaries import WHITESPACE as WHITESPACE_BYTES
 from ..model import HNetOutput
 
 IGNORE = -100
+RATIO_LOSS_WEIGHT = 0.03  # alpha, the paper's weight of the ratio losses (the default of a config's ratio.alpha)
 WHITESPACE = torch.tensor(sorted(WHITESPACE_BYTES))  # one definition of "follows whitespace" with hnet boundaries
 
 
@@ -32,6 +35,21 @@ class Losses:
     ce_sum: torch.Tensor  # summed next-byte cross-entropy in nats over the counted targets (float32, has grad)
     ratio: list[torch.Tensor]  # one ratio loss per chunking stage, outermost first
     output: HNetOutput
+    count: torch.Tensor  # number of counted targets (targets != IGNORE)
+
+    def total(self, alpha: float = RATIO_LOSS_WEIGHT) -> torch.Tensor:
+        """Mean cross-entropy over the counted targets + alpha * the sum of the ratio losses (a scalar to minimise)."""
+        return self.ce_sum / self.count.clamp(min=1) + alpha * sum(self.ratio, self.ce_sum.new_zeros(()))
+
+
+def score(output: HNetOutput, targets: torch.Tensor, ratio_targets: list[float]) -> Losses:
+    """Losses of a forward's output against targets (B, L) (IGNORE = not counted); logits upcast to float32."""
+    logits = output.logits.float()
+    ce_sum = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    ratio = [ratio_loss(r, n) for r, n in zip(output.routing, ratio_targets, strict=True)]
+    return Losses(ce_sum, ratio, output, (targets != IGNORE).sum())
 
 
 def compute_losses(
@@ -41,12 +59,17 @@ def compute_losses(
     targets: torch.Tensor,
     ratio_targets: list[float],
 ) -> Losses:
-    out = model(inputs, document_ids=documents)
-    ce_sum = F.cross_entropy(
-        out.logits.float().reshape(-1, out.logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    ratio = [ratio_loss(r, n) for r, n in zip(out.routing, ratio_targets, strict=True)]
-    return Losses(ce_sum, ratio, out)
+    """Forward ``inputs`` (B, L) with their ``documents`` (B, L) and score against ``targets`` (from split_batch)."""
+    return score(model(inputs, document_ids=documents), targets, ratio_targets)
+
+
+def window_losses(
+    model: torch.nn.Module, ids: torch.Tensor, ratio_targets: list[float], documents: torch.Tensor | None = None
+) -> Losses:
+    """Losses of (B, L + 1) windows (one document per row unless ``documents`` (B, L + 1) packs several)."""
+    if documents is None:  # no document ids: the model takes its fastest path
+        return score(model(ids[:, :-1]), ids[:, 1:], ratio_targets)
+    return compute_losses(model, *split_batch(ids, documents), ratio_targets)
 
 
 @torch.no_grad()

@@ -25,13 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import ByteWindows, PreparedCorpus
 from ..data.corpus import MANIFEST
 from ..errors import ConfigError
-from ..model import HNetForCausalLM, parameter_groups
+from ..files import atomic_write
+from ..model import HNetForCausalLM
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .interrupt import StopRequest
 from .logs import RunLog, plot_curves
 from .objective import IGNORE, compute_losses, routing_sums, split_batch, summarize
+from .optim import build_optimizer
 from .run_folder import CHECKPOINT, RunLock, check_run_folder, remove_stale_temporaries
 from .schedule import WarmupStableDecay
 
@@ -195,14 +197,13 @@ class Trainer:
         checkpoint = self._checkpoint_to_resume(resume, allow_data_change)
         torch.manual_seed(cfg.train.seed)
         self.model = HNetForCausalLM(self.model_config, device=rt.device)
+        self.model.check_inputs = False  # the windows are checked bytes: no device reads of their values per forward
         if cfg.train.gradient_checkpointing not in (False, []):
             stages = None if cfg.train.gradient_checkpointing is True else cfg.train.gradient_checkpointing
             self.model.set_gradient_checkpointing(True, stages)
-        groups = parameter_groups(self.model, config.lr_multipliers(), cfg.optimizer.weight_decay)
-        for group in groups:
-            group["lr"] = cfg.optimizer.lr * group["lr_multiplier"]
-        self.optimizer = torch.optim.AdamW(
-            groups, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps
+        opt = cfg.optimizer
+        self.optimizer = build_optimizer(
+            self.model, opt.lr, config.lr_multipliers(), opt.weight_decay, opt.betas, opt.eps
         )
         self.schedule = WarmupStableDecay(self.optimizer, cfg.schedule.warmup, cfg.schedule.decay)
         self.step, self.elapsed = 0, 0.0
@@ -374,7 +375,7 @@ class Trainer:
         if rt.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-            (self.out_dir / "train.yaml").write_text(resolved)
+            atomic_write(self.out_dir / "train.yaml", resolved)
             print(f"config (saved as {self.out_dir / 'train.yaml'}):\n  " + resolved.rstrip().replace("\n", "\n  "))
             if self.resumed_from is not None:
                 used = f" ({self.elapsed / 60:.1f} of {budget:g} minutes used)" if budget else ""
