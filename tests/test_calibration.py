@@ -1,4 +1,4 @@
-"""evaluation/calibration.py and evaluation/baselines.py: routers set to a compression, FLOP-matched isotropic baselines."""
+"""evaluation/calibration.py and evaluation/baselines.py: routers set to a compression, FLOP-matched baselines."""
 
 import pytest
 import torch

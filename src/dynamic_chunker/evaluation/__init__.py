@@ -1,7 +1,7 @@
 """Evaluation: bits per byte, compression, boundary scores, continuation log-likelihoods, zero-shot tasks,
-robustness to character noise, reports, FLOPs accounting (paper App. B), FLOP-matched baselines and routing calibration, and the retrieval benchmark for chunkers
-(``retrieval``, ``embeddings``, ``chunkers``, ``retrieval_benchmark``: imported on use; embeddings need the ``rag``
-extra)."""
+robustness to character noise, reports, FLOPs accounting (paper App. B), FLOP-matched baselines, routing calibration,
+and the retrieval benchmark for chunkers (``retrieval``, ``embeddings``, ``chunkers``, ``retrieval_benchmark``:
+imported on use; embeddings need the ``rag`` extra)."""
 
 from .bpb import BitsPerByte, bits_per_byte
 from .compression import compression
