@@ -21,8 +21,7 @@ DEMO_MINUTES ?= 5
 demo: $(BIN)/hnet
 	$(BIN)/hnet verify tests/fixtures/official/tiny_1stage tests/fixtures/official/tiny_2stage
 	$(BIN)/hnet data prepare english
-	rm -rf runs/demo
-	$(BIN)/hnet train configs/tiny_1stage.yaml --max-minutes $(DEMO_MINUTES) --out runs/demo
+	$(BIN)/hnet train configs/tiny_1stage.yaml --max-minutes $(DEMO_MINUTES) --out runs/demo --overwrite
 	$(BIN)/hnet generate --model runs/demo --prompt "The kernel" --max-bytes 200 --seed 0
 
 test: $(BIN)/hnet

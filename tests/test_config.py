@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from dynamic_chunker import HNetConfig
 from dynamic_chunker.config import parse_layout
+from dynamic_chunker.errors import ConfigError
 
 from .conftest import OFFICIAL
 
@@ -66,7 +67,7 @@ def test_from_json_on_broken_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config file not found"):
         HNetConfig.from_json(tmp_path / "missing.json")
     path.write_text("[1, 2]")
-    with pytest.raises(TypeError, match="must be a JSON object"):
+    with pytest.raises(ConfigError, match="must be a JSON object"):
         HNetConfig.from_json(path)
 
 
@@ -141,10 +142,18 @@ def test_mlp_width_rounds_up_to_128():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from("mMtT"), st.integers(0, 30)), min_size=1, max_size=6))
+@given(st.lists(st.tuples(st.sampled_from("mMtT"), st.integers(1, 30)), min_size=1, max_size=6))
 def test_parse_layout_expands_tokens(tokens):
     layout = "".join(f"{letter}{count}" for letter, count in tokens)
     assert parse_layout(layout) == [letter for letter, count in tokens for _ in range(count)]
+
+
+@pytest.mark.parametrize("layout", ["m0", "T1m0", "m00"])
+def test_empty_stacks_are_refused(layout):
+    with pytest.raises(ValueError, match="counts must be at least 1"):
+        parse_layout(layout)
+    with pytest.raises(ValueError, match="counts must be at least 1"):
+        HNetConfig.from_dict(with_change("arch_layout", [layout, ["T1"], "m1"]))
 
 
 @settings(max_examples=50, deadline=None)

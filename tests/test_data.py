@@ -5,6 +5,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from dynamic_chunker.data import (
 from dynamic_chunker.data.debian import DebianPart, debian_part_source, fortunes, man_page
 from dynamic_chunker.data.prepare import split_hash
 from dynamic_chunker.data.sources import fasta_records, split_fortunes, strip_ansi, strip_roff
+from dynamic_chunker.errors import OutputFolderError
 
 
 def documents_of(split) -> list[bytes]:
@@ -207,7 +209,7 @@ def test_damaged_index_is_refused(corpus_dir):
 
 
 def test_unknown_split_name(corpus_dir):
-    with pytest.raises(KeyError, match="no split 'test'"):
+    with pytest.raises(CorpusError, match="no split 'test'"):
         PreparedCorpus(corpus_dir).split("test")
 
 
@@ -333,7 +335,7 @@ def test_hf_dataset_streamed_from_a_local_folder(tmp_path):
     assert manifest["text"]["empty_documents_dropped"] == 1
     with pytest.raises(ValueError, match="no field 'body'.*'meta', 'text'"):
         prepare_corpus("hf", tmp_path / "d", [hf_source(str(folder), text_field="body")], progress=False)
-    with pytest.raises(TypeError, match="holds int"):
+    with pytest.raises(ValueError, match="holds int"):
         prepare_corpus("hf", tmp_path / "d", [hf_source(str(folder), text_field="meta")], progress=False)
 
 
@@ -358,6 +360,74 @@ def test_cli_prepare_from_hf_and_files(tmp_path, text_folder, capsys):
     assert main(["data", "prepare", "mini", "--files", str(tmp_path / "nothing*"), "--out", str(out)]) == 2
     assert main(["data", "prepare", "klingon", "--out", str(out)]) == 2
     assert "matches no files" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ never replacing the user's files
+
+
+def folder_contents(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_prepare_refuses_a_folder_of_user_files_even_the_ones_it_reads(tmp_path, text_folder, capsys):
+    before = folder_contents(text_folder)
+    args = ["data", "prepare", "notes", "--files", str(text_folder), "--no-progress"]
+    assert main([*args, "--out", str(text_folder)]) == 2  # the documents themselves
+    err = capsys.readouterr().err
+    assert f"{text_folder} is not a corpus written by hnet data prepare" in err and "nothing was changed" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert folder_contents(text_folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts"]  # no partial or renamed folder either
+
+
+def test_prepare_refuses_an_existing_file_as_output(tmp_path, text_folder, capsys):
+    target = tmp_path / "report.pdf"
+    target.write_bytes(b"%PDF precious")
+    assert main(["data", "prepare", "notes", "--files", str(text_folder), "--out", str(target), "--no-progress"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert target.read_bytes() == b"%PDF precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.pdf", "texts"]
+
+
+def test_prepare_replaces_only_its_own_corpus(tmp_path):
+    out = tmp_path / "c"
+    prepare_corpus("first", out, [memory_source(sample_docs())], progress=False)
+    assert json.loads((out / "manifest.json").read_text())["created_by"] == "dynamic_chunker"
+    prepare_corpus("second", out, [memory_source(sample_docs(10))], progress=False)  # ours: replaced
+    assert PreparedCorpus(out).name == "second"
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["created_by"]  # written before the mark existed: still recognised by its fields
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    prepare_corpus("third", out, [memory_source(sample_docs(10))], progress=False)
+    assert PreparedCorpus(out).name == "third"
+    (out / "my_notes.txt").write_bytes(b"keep me")  # a corpus folder the user put a file into
+    with pytest.raises(OutputFolderError, match="holds files that are not part of its corpus .my_notes.txt"):
+        prepare_corpus("fourth", out, [memory_source(sample_docs(10))], progress=False)
+    assert (out / "my_notes.txt").read_bytes() == b"keep me" and PreparedCorpus(out).name == "third"
+    (out / "my_notes.txt").unlink()
+    (out / "manifest.json").write_text(json.dumps({"name": "something else"}))  # a manifest of another tool
+    with pytest.raises(OutputFolderError, match="is not a corpus written by hnet data prepare"):
+        prepare_corpus("fifth", out, [memory_source(sample_docs(10))], progress=False)
+
+
+def test_a_builtin_name_with_own_files_is_refused(tmp_path, text_folder, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "prepare", "english", "--files", str(text_folder), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'english' is the name of a built-in corpus" in err and "hnet data prepare my_english --files" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_offline_hub_dataset_fails_fast(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: like a machine without network
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    start = time.monotonic()
+    code = main(["data", "prepare", "web", "--hf-dataset", "someone/some-dataset", "--out", str(tmp_path / "w")])
+    assert code == 2 and time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert "Hugging Face Hub at http://127.0.0.1:9 is not reachable" in err and "--files" in err
 
 
 # ----------------------------------------------------------------------------------- Debian source extractors

@@ -94,3 +94,34 @@ def test_torchrun_training_matches_single_process(tmp_path, corpus):  # noqa: F8
         for key in ("loss", "ce", "ratio_loss_0", "compression_0", "grad_norm", "lr"):
             assert got[key] == pytest.approx(want[key], rel=1e-4), key
     assert (tmp_path / "ddp" / "checkpoint.pt").is_file() and (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def test_torchrun_sigterm_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path, corpus):  # noqa: F811
+    """A job scheduler's SIGTERM to torchrun reaches every worker; they agree on the step, rank 0 saves it."""
+    import signal
+    import time
+
+    from dynamic_chunker.training.checkpoint import load_checkpoint
+
+    out = tmp_path / "ddp"
+    config = tiny_config(corpus, out, train={"steps": 100_000, "batch_size": 4}, eval={"every": 0})
+    config["checkpoint"] = {"every": 100_000}  # only the interruption writes a checkpoint
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "dynamic_chunker.cli", "train", str(path), "--no-progress"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 240
+        while not (out / "train.csv").exists() or (out / "train.csv").read_text().count("\n") <= 2:
+            assert process.poll() is None and time.monotonic() < end, process.communicate()[0][-4000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert f"interrupted by SIGTERM after step {step}: checkpoint written to {out}" in output, output[-4000:]
+    assert [r["step"] for r in read_csv(out / "train.csv")] == list(range(1, step + 1))

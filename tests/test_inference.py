@@ -32,9 +32,9 @@ def tiny_config(chunking_stages: int) -> HNetConfig:
     )
 
 
-def random_model(chunking_stages: int, dtype=torch.float64, seed: int = 0) -> HNetForCausalLM:
+def random_model(chunking_stages: int, dtype=torch.float64, seed: int = 0, config=None) -> HNetForCausalLM:
     torch.manual_seed(seed)
-    model = HNetForCausalLM(tiny_config(chunking_stages), dtype=dtype).eval()
+    model = HNetForCausalLM(config or tiny_config(chunking_stages), dtype=dtype).eval()
     with torch.no_grad():  # random routers (the identity init puts every p near 0.5) and non-zero residual paths
         for name, param in model.named_parameters():
             if "q_proj_layer" in name or "k_proj_layer" in name or "residual_proj.weight" in name:
@@ -249,3 +249,74 @@ def test_generation_errors():
     with pytest.raises(TypeError, match="one prompt"):
         list(model.generate_stream(["a", "b"]))
     assert model.generate(["a", "b"], max_new_bytes=0) == [b"", b""]
+
+
+
+def global_attention_model(chunking_stages: int) -> HNetForCausalLM:
+    """random_model's config with global attention everywhere: its KV buffers are as long as the cache."""
+    data = tiny_config(chunking_stages).to_dict()
+    data["attn_cfg"]["window_size"] = [-1] * (chunking_stages + 1)
+    return random_model(chunking_stages, torch.float32, config=HNetConfig.from_dict(data))
+
+
+def recording_allocations(model, monkeypatch) -> list:
+    """Patch ``model.allocate_inference_cache`` to record every cache it returns."""
+    caches = []
+    allocate = model.allocate_inference_cache
+    def record(*args, **kwargs):
+        caches.append(allocate(*args, **kwargs))
+        return caches[-1]
+
+    monkeypatch.setattr(model, "allocate_inference_cache", record)
+    return caches
+
+
+@pytest.mark.parametrize("chunking_stages", [1, 2])
+@pytest.mark.parametrize("attention", ["global", "sliding"])
+def test_cache_grows_with_the_output_and_decodes_identically(chunking_stages, attention, monkeypatch):
+    import dynamic_chunker.inference as inference
+
+    model = global_attention_model(chunking_stages) if attention == "global" else random_model(chunking_stages)
+    model.float()
+    prompts = ["Hello", "A much longer prompt here"]
+    whole = model.generate(prompts, max_new_bytes=40, greedy=True, stop_bytes=())
+    caches = recording_allocations(model, monkeypatch)
+    monkeypatch.setattr(inference, "CACHE_STEP", 3)
+    grown = model.generate(prompts, max_new_bytes=40, greedy=True, stop_bytes=())
+    assert grown == whole
+    width = len("A much longer prompt here") + 1
+    sizes = [c.max_seqlen for c in caches]
+    assert sizes[0] == width + 3 and sizes[-1] == width + 40 and len(sizes) >= 3  # doubled until all 40 fit
+
+
+def test_memory_does_not_follow_max_new_bytes(monkeypatch):
+    model = global_attention_model(1)
+    caches = recording_allocations(model, monkeypatch)
+    pieces = model.generate_stream("Hi", max_new_bytes=10**12, stop_bytes=(), seed=0)
+    assert len([next(pieces) for _ in range(5)]) == 5
+    (cache,) = caches
+    keys = [t for t in _tensors(cache.stages) if t.dim() == 4]  # KV buffers (B, S, heads, head_dim)
+    assert cache.max_seqlen == max(k.shape[1] for k in keys) == 3 + 1024  # BOS + prompt + CACHE_STEP, not 10**12
+
+
+def _tensors(value):
+    import dataclasses
+
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _tensors(v)
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _tensors(getattr(value, f.name))
+
+
+def test_batched_sampling_is_reproducible_and_greedy_batches_equal_single_prompts():
+    """What the README promises: a seeded batch repeats itself; only greedy decoding matches prompts run alone."""
+    model = random_model(1, dtype=torch.float32)
+    prompts = ["Hello", "A longer prompt"]
+    sampled = model.generate(prompts, max_new_bytes=24, seed=3, stop_bytes=())
+    assert model.generate(prompts, max_new_bytes=24, seed=3, stop_bytes=()) == sampled
+    greedy = model.generate(prompts, max_new_bytes=24, greedy=True, stop_bytes=())
+    assert greedy == [model.generate(p, max_new_bytes=24, greedy=True, stop_bytes=())[0] for p in prompts]

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from dynamic_chunker import HNetConfig, from_pretrained
+from dynamic_chunker import HNetConfig, HNetForCausalLM, from_pretrained, parameter_groups
 from dynamic_chunker.cli import main
 from dynamic_chunker.data import Document, Source, prepare_corpus
+from dynamic_chunker.errors import ConfigError
 from dynamic_chunker.training import load_config, paper_lr_multipliers, train
 from dynamic_chunker.training.checkpoint import load_checkpoint, save_checkpoint
 from dynamic_chunker.training.config import config_from_dict
@@ -125,6 +126,15 @@ def test_paper_lr_multipliers_match_reference_table_and_recipes(name, table):
     assert recipe.optimizer.lr == (6.25e-4 if name.endswith("_L") else 5e-4)
 
 
+def test_parameter_groups_accept_auto_like_the_yaml():
+    model = HNetForCausalLM(HNetConfig.from_dict(TINY_2STAGE), device="meta")
+    auto = parameter_groups(model, "auto", 0.1)  # the paper's targets [3, 3] for a 2-stage model
+    rule = paper_lr_multipliers(model.config, [3.0, 3.0])
+    assert sorted({g["stage"]: g["lr_multiplier"] for g in auto}.items()) == list(enumerate(rule))
+    chosen = parameter_groups(model, "auto", 0.1, ratio_targets=[2.0, 4.0])
+    assert {g["lr_multiplier"] for g in chosen} == set(paper_lr_multipliers(model.config, [2.0, 4.0]))
+
+
 @pytest.mark.parametrize("name", ["tiny_1stage", "tiny_2stage", "small_2stage"])
 def test_bundled_configs_load(name):
     config = load_config(CONFIGS / f"{name}.yaml", ["data.corpus=data/english"])
@@ -147,13 +157,17 @@ def test_overrides_and_yaml_numbers(tmp_path, corpus):
     [
         ({"trian": {"steps": 1}}, ValueError, "unknown key(s) 'trian' in the top level: 'trian' (did you mean 'train'"),
         ({"train": {"steps": 6, "batch_size": 4, "stpes": 3}}, ValueError, "(did you mean 'steps'?)"),
-        ({"train": {"steps": "many", "batch_size": 4}}, TypeError, "train.steps must be an integer, got str 'many'"),
-        ({"train": {"steps": True, "batch_size": 4}}, TypeError, "train.steps must be an integer"),
+        ({"train": {"steps": "many", "batch_size": 4}}, ConfigError, "train.steps must be an integer, got str 'many'"),
+        ({"train": {"steps": True, "batch_size": 4}}, ConfigError, "train.steps must be an integer"),
         ({"train": {"batch_size": 4}}, ValueError, "missing required key 'train.steps'"),
         ({"ratio": {"targets": [3, 3]}}, ValueError, "ratio.targets needs one N per chunking stage: the model has 1"),
-        ({"ratio": {"targets": [1]}}, ValueError, "ratio.targets must all be > 1"),
+        ({"ratio": {"targets": [1]}}, ValueError, "ratio.targets must be finite numbers > 1"),
+        ({"ratio": {"targets": [float("inf")]}}, ValueError, "ratio.targets must be finite numbers > 1"),
+        ({"ratio": {"targets": [float("nan")]}}, ValueError, "ratio.targets must be finite numbers > 1"),
+        ({"train": {"steps": 6, "batch_size": 4, "seed": 2**64}}, ValueError, "train.seed must be in 0..2**63-1"),
+        ({"data": {"corpus": "x", "seq_len": 96, "seed": -1}}, ValueError, "data.seed must be in 0..2**63-1"),
         ({"optimizer": {"lr": 1e-3, "lr_multipliers": [1.0]}}, ValueError, "one positive number per stage (2"),
-        ({"optimizer": {"lr": 1e-3, "lr_multipliers": "paper"}}, TypeError, "optimizer.lr_multipliers must be"),
+        ({"optimizer": {"lr": 1e-3, "lr_multipliers": "paper"}}, ConfigError, "optimizer.lr_multipliers must be"),
         ({"schedule": {"warmup": 0.9, "decay": 0.2}}, ValueError, "warmup + decay <= 1"),
         ({"train": {"steps": 6, "batch_size": 4, "dtype": "fp16"}}, ValueError, "train.dtype must be one of"),
         ({"model": "no/such/model.json"}, FileNotFoundError, "model config no/such/model.json not found"),
@@ -182,7 +196,7 @@ def test_bad_files_and_overrides_give_clear_errors(tmp_path, corpus):
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_config(tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(TypeError, match="must be a YAML mapping of sections"):
+    with pytest.raises(ConfigError, match="must be a YAML mapping of sections"):
         load_config(tmp_path / "list.yaml")
     with pytest.raises(ValueError, match="must look like section.key=value"):
         load_config(good, ["train.steps"])
@@ -190,6 +204,11 @@ def test_bad_files_and_overrides_give_clear_errors(tmp_path, corpus):
         load_config(good, ["train.step=3"])
     with pytest.raises(ValueError, match="train.steps is not a section"):
         load_config(good, ["train.steps.x=3"])
+    (tmp_path / "twice.yaml").write_text(good.read_text() + "train:\n  steps: 3\n  batch_size: 4\n")
+    with pytest.raises(ConfigError, match="duplicate key 'train'"):
+        load_config(tmp_path / "twice.yaml")
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -387,8 +406,10 @@ def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_pa
     changed = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 2}, optimizer={"lr": 1e-2}))
     with pytest.raises(ValueError, match=r"optimizer.lr: 0.003 -> 0.01"):
         train(changed, resume=True, progress=False)
-    # run control may change: a longer time budget, other eval/checkpoint intervals
-    control = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 2, "max_minutes": 5}))
+    # run control may change: other eval/checkpoint intervals (a time budget is part of the schedule)
+    control = config_from_dict(
+        tiny_config(corpus, tmp_path / "run", train={"steps": 2}, eval={"every": 1}, checkpoint={"every": 1})
+    )
     assert train(control, resume=True, progress=False).step == 2
 
 

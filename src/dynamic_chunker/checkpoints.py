@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import HNetConfig
+from .errors import InvalidArgument, OutputFolderError, UserError
 from .model import HNetForCausalLM
 
 CONFIG_NAME = "config.json"
@@ -39,7 +40,7 @@ DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used: the message names the file and the problem."""
 
 
@@ -166,7 +167,8 @@ def _config_for(weights: Path, config: HNetConfig | str | Path | None) -> HNetCo
             return HNetConfig.from_json(candidate)
     raise FileNotFoundError(
         f"no config for {weights}: there is no {CONFIG_NAME} next to it and its name matches no released model "
-        f"({', '.join(sorted(p.stem for p in OFFICIAL_CONFIGS.glob('*.json')))}); pass the config JSON explicitly"
+        f"({', '.join(sorted(p.stem for p in OFFICIAL_CONFIGS.glob('*.json')))}); pass the config JSON with "
+        "--config (config= in Python)"
     )
 
 
@@ -181,8 +183,10 @@ def resolve(
         weights = _weights_in(path)
     elif path.is_file():
         weights = path
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", str(name_or_path)):
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", str(name_or_path)) and not path.parent.is_dir():
         weights = _weights_in(_hub_snapshot(str(name_or_path), cache_dir))
+    elif path.parent.is_dir():  # e.g. runs/x with a folder runs/: a missing local path, not a Hub id
+        raise FileNotFoundError(f"{name_or_path}: no such file or folder")
     else:
         raise FileNotFoundError(f"{name_or_path}: no such file or folder, and not a Hub id of the form owner/name")
     return weights, _config_for(weights, config)
@@ -195,6 +199,25 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def parse_device(device: torch.device | str | None) -> torch.device:
+    """A device this torch build can use; unknown names and missing accelerators are refused with a clear message."""
+    try:
+        device = torch.device(device or "cpu")
+    except (RuntimeError, TypeError):
+        raise InvalidArgument(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise InvalidArgument(f"device {str(device)!r} is not available: {why} (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidArgument(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidArgument("device 'mps' is not available on this machine; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InvalidArgument(f"device {str(device)!r} is not supported here; use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def build_model(
@@ -216,7 +239,7 @@ def build_model(
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise CheckpointError(f"{source}: tensor {name} contains NaN or infinite values; the file is corrupted")
     own = model.state_dict()
-    device = torch.device(device or "cpu")
+    device = parse_device(device)
     state = {k: v.to(device=device, dtype=own[k].dtype) if k in own else v for k, v in state.items()}
     try:
         model.load_state_dict(state, assign=True)
@@ -248,6 +271,11 @@ def _replace_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def _save_pt(state: dict[str, torch.Tensor], path: Path) -> None:
+    with open(path, "wb") as f:  # through a Python file, a full disk raises OSError (ENOSPC), not a RuntimeError
+        torch.save(state, f)
+
+
 def save_pretrained(model: HNetForCausalLM, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (tensors in the model's dtypes) to ``directory``."""
     directory = Path(directory)
@@ -265,16 +293,28 @@ def convert(
     destination: str | Path,
     config: HNetConfig | str | Path | None = None,
     dtype: torch.dtype | str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Convert between formats: to a folder (config.json + model.safetensors), or to an official-style ``.pt``
-    state dict when ``destination`` ends in ``.pt``. Weights keep their stored dtype unless ``dtype`` is given."""
+    state dict plus ``config.json`` beside it when ``destination`` ends in ``.pt``. Weights keep their stored dtype
+    unless ``dtype`` is given. Existing files are only replaced with ``overwrite``."""
+    destination = Path(destination)
+    is_pt = destination.suffix == ".pt"
+    targets = [destination, destination.with_name(CONFIG_NAME)] if is_pt else [destination]
+    if not is_pt and destination.exists() and not destination.is_dir():
+        raise OutputFolderError(f"{destination} is a file; give a folder, or a destination ending in .pt")
+    taken = [t for t in targets if t.is_file() or (t.is_dir() and any(t.iterdir()))]
+    if taken and not overwrite:
+        raise OutputFolderError(
+            f"{taken[0]} already exists; pass --overwrite to replace it (overwrite=True), or choose another destination"
+        )
     weights, config = resolve(source, config)
     state = load_state_dict(weights)
     stored = state.get("embeddings.weight")
     model = build_model(config, state, weights, dtype or (stored.dtype if stored is not None else None))
-    destination = Path(destination)
-    if destination.suffix == ".pt":
+    if is_pt:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(destination, lambda p: torch.save(model.state_dict(), p))
+        _replace_atomically(destination, lambda p: _save_pt(model.state_dict(), p))
+        _replace_atomically(targets[1], model.config.to_json)  # so that the .pt converts and loads back
         return destination
     return save_pretrained(model, destination)

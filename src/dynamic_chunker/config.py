@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 _TOKEN = re.compile(r"([mMtT])(\d+)")
 
 
@@ -32,6 +34,8 @@ def parse_layout(layout: str) -> list[str]:
     for match in _TOKEN.finditer(layout):
         if match.start() != pos:
             break
+        if int(match.group(2)) < 1:
+            raise ValueError(f"stack layout {layout!r}: {match.group(0)!r} has no layers; counts must be at least 1")
         letters.extend(match.group(1) * int(match.group(2)))
         pos = match.end()
     if pos != len(layout) or not layout:
@@ -67,6 +71,10 @@ class HNetConfig:
     ssm_cfg: SSMConfig = field(default_factory=SSMConfig)
     attn_cfg: AttnConfig = field(default_factory=AttnConfig)
     tie_embeddings: bool = False
+    # How each chunking stage (outermost first) places its boundaries: "learned" (the router), "space" (stage 0 only:
+    # a chunk starts at every byte that follows a space-like byte) or "pool:N" (every N positions). Empty = all
+    # learned. Not part of the official schema: left out of the JSON when empty.
+    boundary_rule: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.ssm_cfg, dict):
@@ -93,16 +101,18 @@ class HNetConfig:
         except FileNotFoundError:
             raise FileNotFoundError(f"config file not found: {path}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+            raise ConfigError(f"{path} is not valid JSON: {err}") from None
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"{path}: {err}") from None
+            raise ConfigError(f"{path}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         if data["ssm_cfg"]["headdim"] == 64:  # keep files identical to the official schema
             data["ssm_cfg"].pop("headdim")
+        if not data["boundary_rule"]:
+            data.pop("boundary_rule")
         return data
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -130,6 +140,10 @@ class HNetConfig:
             return {"main": parse_layout(layout[0])}
         return {"encoder": parse_layout(layout[0]), "decoder": parse_layout(layout[2])}
 
+    def rule(self, stage: int) -> str:
+        """The boundary rule of chunking stage ``stage``: learned, space or pool:N."""
+        return self.boundary_rule[stage] if self.boundary_rule else "learned"
+
     def mlp_width(self, stage: int) -> int:
         """SwiGLU hidden width, rounded up to a multiple of 128 as the official MLP does."""
         return -(-self.d_intermediate[stage] // 128) * 128
@@ -152,7 +166,9 @@ class HNetConfig:
                 raise ValueError(f"attn_cfg.{name} has {len(values)} entries but arch_layout has {n} stages")
         if not isinstance(self.tie_embeddings, bool):
             raise TypeError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
-        if self.vocab_size != 256:
+        if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive integer, got {self.vocab_size!r}")
+        if self.vocab_size != 256 and n > 1:  # token models (the BPE baseline) are isotropic
             raise ValueError(f"vocab_size must be 256 for a byte-level H-Net, got {self.vocab_size}")
         for s in range(1, n):
             if self.d_model[s] < self.d_model[s - 1]:
@@ -160,6 +176,7 @@ class HNetConfig:
                     f"d_model must not shrink from one stage to the next, got {self.d_model} "
                     f"(stage {s} is narrower than stage {s - 1})"
                 )
+        self._validate_boundary_rule(n - 1)
         ssm = self.ssm_cfg
         for name in ("d_conv", "expand", "d_state", "chunk_size", "headdim"):
             value = getattr(ssm, name)
@@ -194,6 +211,20 @@ class HNetConfig:
                     f"stage {s}: upper-case layers (M, T) have an MLP, so d_intermediate[{s}] must be "
                     f"positive, got {self.d_intermediate[s]}"
                 )
+
+
+    def _validate_boundary_rule(self, chunking_stages: int) -> None:
+        rules = self.boundary_rule
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            raise TypeError(f"boundary_rule must be a list of strings such as ['space'], got {rules!r}")
+        if rules and len(rules) != chunking_stages:
+            raise ValueError(f"boundary_rule needs one rule per chunking stage ({chunking_stages}), got {rules}")
+        for s, rule in enumerate(rules):
+            ok = rule in ("learned", "space") or bool(re.fullmatch(r"pool:[1-9]\d*", rule))
+            if not ok:
+                raise ValueError(f"boundary_rule[{s}] must be learned, space or pool:N (N >= 1), got {rule!r}")
+            if rule == "space" and s > 0:
+                raise ValueError(f"boundary_rule[{s}]: the space rule reads bytes, so it applies to stage 0 only")
 
 
 def _layout_depth(layout: Any) -> int:

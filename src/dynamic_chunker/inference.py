@@ -8,12 +8,16 @@ Generation stops at the first byte in ``stop_bytes`` (EOS by default); that byte
 from __future__ import annotations
 
 import codecs
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 import torch
 
+from .errors import InvalidArgument
+
 BOS = 254
 EOS = 255
+CACHE_STEP = 1024  # bytes per row that the decoding cache holds beyond the prompt at first; it doubles when full
 
 
 def encode(prompt: str | bytes) -> list[int]:
@@ -55,15 +59,15 @@ def sample(
 
 def _check_sampling(max_new_bytes, temperature, top_k, top_p, stop_bytes) -> None:
     if not isinstance(max_new_bytes, int) or max_new_bytes < 0:
-        raise ValueError(f"max_new_bytes must be a non-negative integer, got {max_new_bytes!r}")
+        raise InvalidArgument(f"max_new_bytes must be a non-negative integer, got {max_new_bytes!r}")
     if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        raise InvalidArgument(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        raise InvalidArgument(f"top_k must be a positive integer or None, got {top_k!r}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise InvalidArgument(f"top_p must be in (0, 1], got {top_p}")
     if any(not isinstance(b, int) or not 0 <= b <= 255 for b in stop_bytes):
-        raise ValueError(f"stop_bytes must be byte values 0..255, got {list(stop_bytes)!r}")
+        raise InvalidArgument(f"stop_bytes must be byte values 0..255, got {list(stop_bytes)!r}")
 
 
 @torch.inference_mode()
@@ -92,7 +96,8 @@ def generate_ids(
     width = int(lengths.max())
     ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in encoded], device=device)
     mask = torch.arange(width, device=device) < lengths[:, None]
-    cache = model.allocate_inference_cache(len(encoded), width + max_new_bytes)
+    # memory follows what is generated: a large max_new_bytes costs nothing until the bytes are produced
+    cache = model.allocate_inference_cache(len(encoded), width + min(max_new_bytes, CACHE_STEP))
     logits = model(ids, mask=mask, inference_params=cache).logits
     logits = logits[torch.arange(len(encoded), device=device), lengths - 1]
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
@@ -104,7 +109,38 @@ def generate_ids(
         yield [None if d else b for b, d in zip(new.tolist(), done.tolist())]
         if bool(done.all()) or i == max_new_bytes - 1:
             return
+        if cache.seqlen_offset == cache.max_seqlen:
+            cache = grow_cache(model, cache, min(2 * cache.max_seqlen, width + max_new_bytes))
         logits = model.step(new, cache).logits
+
+
+def grow_cache(model, cache, max_seqlen: int):
+    """A cache of ``max_seqlen`` bytes per row holding the decoding state of ``cache``.
+
+    Only buffers sized by the old maximum grow (global attention keys/values, and sliding windows longer than it);
+    position p of those sits in slot p, since no position reached the old size, so copying them into the leading
+    slots of the larger buffers keeps every row's state exact. Everything else is carried over as it is.
+    """
+    bigger = model.allocate_inference_cache(cache.batch_size, max_seqlen)
+    bigger.stages = _carry_over(cache.stages, bigger.stages)
+    bigger.seqlen_offset = cache.seqlen_offset
+    return bigger
+
+
+def _carry_over(old, new):
+    """``old``'s values in ``new``'s buffers: equal-shaped tensors are kept, smaller ones copied into the start."""
+    if isinstance(old, torch.Tensor):
+        if old.shape == new.shape:
+            return old
+        new[tuple(slice(0, n) for n in old.shape)] = old
+        return new
+    if isinstance(old, list):
+        return [_carry_over(o, n) for o, n in zip(old, new)]
+    if dataclasses.is_dataclass(old):
+        for f in dataclasses.fields(old):
+            setattr(new, f.name, _carry_over(getattr(old, f.name), getattr(new, f.name)))
+        return new
+    return old
 
 
 def generate(

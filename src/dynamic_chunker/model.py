@@ -93,7 +93,7 @@ class HNet(nn.Module):
         self.encoder = stack(stacks["encoder"])
         self.main_network = HNet(config, stage + 1, **factory)
         self.decoder = stack(stacks["decoder"])
-        self.routing_module = RoutingModule(d, **factory)
+        self.routing_module = RoutingModule(d, config.rule(stage), **factory)
         self.chunk_layer = ChunkLayer()
         self.dechunk_layer = DeChunkLayer()
         # fp32 on purpose, as in the official model (float64 in a float64 model)
@@ -101,11 +101,16 @@ class HNet(nn.Module):
         nn.init.zeros_(self.residual_proj.weight)
 
     def forward(
-        self, x: torch.Tensor, segments: Segments, cache: StageCache | None = None
+        self,
+        x: torch.Tensor,
+        segments: Segments,
+        cache: StageCache | None = None,
+        input_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[RoutingOutput]]:
         """x (B, L, D_in) -> (B, L, D_in) and the routing decisions of this and every inner stage.
 
         With ``cache`` (prefill) every component also stores its decoding state at each row's last valid position.
+        ``input_ids`` (B, L): the bytes, at stage 0 only (for the ``space`` boundary rule).
         """
         if cache is None:
             cache = StageCache()
@@ -116,7 +121,7 @@ class HNet(nn.Module):
 
         hidden = self.encoder(x, segments, cache.encoder)
         residual = self.residual_proj(upcast(hidden))
-        routing = self.routing_module(hidden, segments, cache.routing)
+        routing = self.routing_module(hidden, segments, cache.routing, input_ids)
         chunks, inner_segments, index = self.chunk_layer(hidden, routing, segments)
         inner_out, inner_routing = self.main_network(chunks, inner_segments, cache.main)
         upsampled = self.dechunk_layer(inner_out, routing, index, inner_segments, cache.dechunk)
@@ -244,7 +249,8 @@ class HNetForCausalLM(nn.Module):
             _check_prefill(inference_params, input_ids.shape, document_ids)
             stages = inference_params.stages
             inference_params.seqlen_offset = input_ids.shape[1]
-        hidden, routing = self.backbone(self.embeddings(input_ids.long()), segments, stages)  # uint8 ids are fine too
+        # uint8 ids are fine too
+        hidden, routing = self.backbone(self.embeddings(input_ids.long()), segments, stages, input_ids)
         return HNetOutput(self.lm_head(hidden), routing)
 
     @torch.inference_mode()
@@ -256,10 +262,11 @@ class HNetForCausalLM(nn.Module):
         """
         segments = _check_inputs(input_ids, mask, document_ids, self.config.vocab_size)
         x = self.embeddings(input_ids.long())
-        routing, stage = [], self.backbone
+        routing, stage, ids = [], self.backbone, input_ids
         while not stage.is_innermost:
             hidden = stage.encoder(stage.widen(x), segments)
-            routing.append(stage.routing_module(hidden, segments))
+            routing.append(stage.routing_module(hidden, segments, input_ids=ids))
+            ids = None  # bytes exist at stage 0 only
             if stage.main_network.is_innermost:
                 break  # the last router's chunks would only feed the innermost network
             x, segments, _ = stage.chunk_layer(hidden, routing[-1], segments)
@@ -460,12 +467,25 @@ def init_weights(model: HNetForCausalLM, std: float = 0.02) -> None:
                 nn.init.normal_(module.weight, std=std / scale)
 
 
-def parameter_groups(model: HNetForCausalLM, lr_multipliers: list[float], weight_decay: float) -> list[dict]:
+def parameter_groups(
+    model: HNetForCausalLM,
+    lr_multipliers: list[float] | str,
+    weight_decay: float,
+    ratio_targets: list[float] | None = None,
+) -> list[dict]:
     """AdamW parameter groups with a per-stage learning-rate multiplier (``lr_multiplier`` key).
 
-    Weight decay is off for biases, all norm weights, ``dt_bias``, ``A_log``, ``D`` and ``pad_dimension``
-    (a deliberate departure from the official helper, which only exempts ``.bias`` and ``.norm.`` names).
+    The caller applies the multiplier (``group["lr"] = lr * group["lr_multiplier"]``); AdamW ignores the key.
+    ``lr_multipliers="auto"`` is the paper's rule (as in a training YAML) for ``ratio_targets`` (default: the paper's
+    bytes per chunk, [6] or [3, 3]). Weight decay is off for biases, all norm weights, ``dt_bias``, ``A_log``, ``D``
+    and ``pad_dimension`` (a deliberate departure from the official helper, which only exempts ``.bias`` and
+    ``.norm.`` names).
     """
+    if lr_multipliers == "auto":
+        from .evaluation.flops import default_compression
+        from .training.config import paper_lr_multipliers
+
+        lr_multipliers = paper_lr_multipliers(model.config, ratio_targets or default_compression(model.config))
     n = model.config.num_stages
     if len(lr_multipliers) != n:
         raise ValueError(f"need one learning-rate multiplier per stage ({n}), got {lr_multipliers}")

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
+
 BOS = 254  # marks the start of every document in a .bin file
 EOS = 255  # never written to corpora; free for models that want an explicit end-of-document byte
 FORMAT_VERSION = 1
@@ -23,7 +25,7 @@ MANIFEST = "manifest.json"
 IDX_DTYPE = np.dtype("<i8")
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A prepared corpus directory is missing, incomplete or does not match its manifest."""
 
 
@@ -65,6 +67,8 @@ class PreparedCorpus:
     def __init__(self, path: str | Path, verify: bool = True) -> None:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
+        if self.path.exists() and not self.path.is_dir():
+            raise CorpusError(f"{self.path} is a file, not a corpus folder; give the folder that holds {MANIFEST}")
         if not self.path.is_dir():
             raise FileNotFoundError(
                 f"corpus directory {self.path} does not exist; create it with "
@@ -100,7 +104,7 @@ class PreparedCorpus:
 
     def split(self, name: str) -> CorpusSplit:
         if name not in self._splits:
-            raise KeyError(f"corpus {self.path} has no split {name!r}; it has {', '.join(self._splits)}")
+            raise CorpusError(f"corpus {self.path} has no split {name!r}; it has {', '.join(self._splits)}")
         return self._splits[name]
 
     def _checked_file(self, name: str, filename: str, info: dict[str, Any], verify: bool) -> Path:

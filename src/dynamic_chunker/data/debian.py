@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InvalidArgument
 from .prepare import Document, Source
 from .sources import fasta_records, split_fortunes, strip_ansi, strip_roff
 
@@ -205,6 +206,6 @@ def debian_part_source(part: DebianPart, cache_dir: Path) -> Source:
 def debian_sources(recipe: str, cache_dir: Path | None = None) -> list[Source]:
     """Sources of a built-in corpus (``english``, ``code``, ``chinese``, ``dna``); downloads what the cache lacks."""
     if recipe not in RECIPES:
-        raise ValueError(f"unknown built-in corpus {recipe!r}; choose one of {', '.join(RECIPES)} or pass --files")
+        raise InvalidArgument(f"unknown built-in corpus {recipe!r}; choose one of {', '.join(RECIPES)} or pass --files")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return [debian_part_source(part, cache_dir) for part in RECIPES[recipe]]

@@ -19,10 +19,13 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import InvalidArgument, OutputFolderError
 from .corpus import BOS, FORMAT_VERSION, IDX_DTYPE, MANIFEST
 
 SPLITS = ("train", "val")
 INVALID_UTF8_POLICIES = ("replace", "drop")
+CREATED_BY = "dynamic_chunker"  # the manifest's mark of a corpus folder that prepare_corpus may replace
+CORPUS_FILES = {MANIFEST, *(f"{split}.{ext}" for split in SPLITS for ext in ("bin", "idx"))}
 
 
 @dataclass(frozen=True)
@@ -121,11 +124,11 @@ class _Splitter:
     def close(self) -> dict[str, dict[str, Any]]:
         held = dict(self.held)
         if held["train"] is None and held["val"] is None:
-            raise ValueError("no documents: every source was empty (check the paths, globs or dataset name)")
+            raise InvalidArgument("no documents: every source was empty (check the paths, globs or dataset name)")
         for split, other in (("train", "val"), ("val", "train")):
             if self.held[split] is None:  # all documents fell into `other`: move its nearest one over
                 if not self.writers[other].offsets:
-                    raise ValueError("a corpus needs at least 2 documents to have both a train and a val split")
+                    raise InvalidArgument("a corpus needs at least 2 documents to have both a train and a val split")
                 held[split], held[other] = held[other], None
         for split in SPLITS:
             if held[split] is not None:
@@ -140,6 +143,35 @@ def _clean_utf8(data: bytes, policy: str) -> bytes | None:
         return data
     except UnicodeDecodeError:
         return data.decode("utf-8", errors="replace").encode("utf-8") if policy == "replace" else None
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to write a corpus over anything but nothing, an empty folder, or a corpus folder this module wrote.
+
+    A corpus folder is recognised by its manifest (``created_by``, or the fields of manifests written before that
+    mark) and must hold nothing but the corpus files, so that no file of the user's is ever deleted.
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise OutputFolderError(f"--out {out} is a file, not a folder; choose a new folder for the corpus")
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    ours = isinstance(manifest, dict) and (
+        manifest.get("created_by") == CREATED_BY or {"format_version", "split_rule", "splits"} <= manifest.keys()
+    )
+    others = [name for name in names if name not in CORPUS_FILES]
+    if not ours or others:
+        shown = ", ".join((others or names)[:5]) + (" ..." if len(others or names) > 5 else "")
+        what = "holds files that are not part of its corpus" if ours else "is not a corpus written by hnet data prepare"
+        raise OutputFolderError(
+            f"{out} {what} ({shown}); nothing was changed. Choose a new or empty folder with --out"
+        )
 
 
 def _replace_dir(built: Path, out: Path) -> None:
@@ -177,14 +209,15 @@ def prepare_corpus(
     out (``"drop"``); empty documents are left out. ``max_bytes`` stops after that many document bytes.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise InvalidArgument(f"val_fraction must be in (0, 1), got {val_fraction}")
     if invalid_utf8 not in INVALID_UTF8_POLICIES:
-        raise ValueError(f"invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {invalid_utf8!r}")
+        raise InvalidArgument(f"invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {invalid_utf8!r}")
     if max_bytes is not None and max_bytes < 1:
-        raise ValueError(f"max_bytes must be a positive number of bytes, got {max_bytes}")
+        raise InvalidArgument(f"max_bytes must be a positive number of bytes, got {max_bytes}")
     if not sources:
-        raise ValueError("no sources given")
+        raise InvalidArgument("no sources given")
     out = Path(out)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     building = out.with_name(f".{out.name}.partial")
     if building.exists():
@@ -224,6 +257,7 @@ def prepare_corpus(
         bar.close()
     manifest = {
         "format_version": FORMAT_VERSION,
+        "created_by": CREATED_BY,
         "name": name,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "bos": BOS,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import glob
 import os
 import re
+import socket
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidArgument, UserError
 from .prepare import Document, Source
 
 # ---------------------------------------------------------------------------------------------------- local files
@@ -64,19 +67,23 @@ def hf_source(
         import datasets
     except ImportError as err:
         raise ImportError("Hugging Face datasets need `pip install 'dynamic_chunker[hf]'`") from err
+    if not Path(dataset).exists():
+        _check_hub_reachable(dataset)
     stream = datasets.load_dataset(dataset, config, split=split, streaming=True)
     info_licence = getattr(getattr(stream, "info", None), "license", None)
 
     def documents() -> Iterator[Document]:
         for index, record in enumerate(stream):
             if text_field not in record:
-                raise ValueError(
+                raise InvalidArgument(
                     f"dataset {dataset!r} has no field {text_field!r}; its fields are {sorted(record)}: "
                     f"pass --text-field with one of them"
                 )
             text = record[text_field]
             if not isinstance(text, str):
-                raise TypeError(f"field {text_field!r} of dataset {dataset!r} holds {type(text).__name__}, not text")
+                raise InvalidArgument(
+                    f"field {text_field!r} of dataset {dataset!r} holds {type(text).__name__}, not text"
+                )
             yield Document(str(index), text.encode("utf-8", errors="surrogatepass"))
 
     info: dict[str, Any] = {
@@ -88,6 +95,24 @@ def hf_source(
         "licence": licence or info_licence or "unspecified",
     }
     return Source(name=f"hf:{dataset}", info=info, documents=documents())
+
+
+def _check_hub_reachable(dataset: str, timeout: float = 5.0) -> None:
+    """Fail at once when the Hub cannot be reached, instead of after the datasets library's retries.
+
+    Skipped when the datasets library is told to work offline (it then reads its local cache).
+    """
+    offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    if any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in offline):
+        return
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as err:
+        raise UserError(
+            f"cannot stream {dataset!r}: the Hugging Face Hub at {url.geturl()} is not reachable ({err}). Without "
+            "network, give a local dataset folder, use --files, or set HF_DATASETS_OFFLINE=1 to read the local cache"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------------- cleaners

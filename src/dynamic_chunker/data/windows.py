@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..errors import InvalidArgument
 from .corpus import CorpusSplit
 
 
@@ -28,7 +29,7 @@ class ByteWindows:
 
     def __init__(self, split: CorpusSplit, seq_len: int = 8192, seed: int = 0) -> None:
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+            raise InvalidArgument(f"seq_len must be a positive integer, got {seq_len!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an integer, got {seed!r}")
         self.split = split
@@ -36,7 +37,7 @@ class ByteWindows:
         self.seed = seed
         self._count = (len(split) - 1) // seq_len
         if self._count < 1:
-            raise ValueError(
+            raise InvalidArgument(
                 f"split {split.name!r} has {len(split)} bytes, shorter than one window of seq_len + 1 = {seq_len + 1} "
                 f"bytes; use a seq_len below {len(split)} or prepare more data"
             )
@@ -75,7 +76,7 @@ class ByteWindows:
             raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size} and {world_size}")
         steps = self._count // (batch_size * world_size)
         if steps < 1:
-            raise ValueError(
+            raise InvalidArgument(
                 f"split {self.split.name!r} has {self._count} windows of {self.seq_len + 1} bytes, fewer than one "
                 f"global batch of batch_size * world_size = {batch_size * world_size}; lower seq_len or batch_size"
             )

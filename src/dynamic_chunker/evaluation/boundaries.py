@@ -71,6 +71,12 @@ class BoundaryScore:
     recall: float  # share of reference positions (among the stage's candidate positions) that get a boundary
     base_rate: float  # share of candidate positions that are reference positions (the precision of random boundaries)
 
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall (0 when both are 0)."""
+        total = self.precision + self.recall
+        return 2 * self.precision * self.recall / total if total else 0.0
+
 
 def score_boundaries(
     data: bytes,

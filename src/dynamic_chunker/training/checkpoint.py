@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoints import CheckpointError
+
 FORMAT = "dynamic_chunker.train.v1"
 
 
@@ -42,16 +44,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; unreadable files raise ValueError."""
+    """Read a checkpoint written by :func:`save_checkpoint`; unreadable files raise CheckpointError (a ValueError)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise ValueError(f"checkpoint {path} is unreadable ({err.__class__.__name__}: {err})") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({err.__class__.__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a training checkpoint of this package (expected format {FORMAT})")
+        raise CheckpointError(f"{path} is not a training checkpoint of this package (expected format {FORMAT})")
     return state
 
 

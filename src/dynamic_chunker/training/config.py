@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from ..config import HNetConfig
+from ..errors import ConfigError
 
 GPT2_BYTES_PER_TOKEN = 4.6  # N^GPT of the paper's learning-rate rule (App. C): GPT-2 bytes per token on FineWeb-Edu
 
@@ -28,6 +29,9 @@ class DataSection:
     seq_len: int = 8192  # bytes per training window
     seed: int = 0  # shuffling seed of the training windows
     verify: bool = True  # check the files' sha256 against the manifest at start (slow for very large corpora)
+    # token models (the BPE baseline): "bpe:V" trains a byte-level BPE of V ids on the training split (saved as
+    # tokenizer.json in the run folder), or a path to a tokenizer.json. seq_len then counts tokens. None = bytes.
+    tokenizer: str | None = None
 
 
 @dataclass
@@ -122,7 +126,7 @@ class TrainConfig:
             try:
                 return HNetConfig.from_dict(self.model)
             except (TypeError, ValueError) as err:
-                raise type(err)(f"model (inline): {err}") from None
+                raise ConfigError(f"model (inline): {err}") from None
         path = Path(self.model)
         if not path.is_file():
             raise FileNotFoundError(
@@ -146,10 +150,23 @@ class TrainConfig:
             raise ValueError(
                 f"ratio.targets needs one N per chunking stage: the model has {stages}, got {self.ratio.targets}"
             )
-        for n in self.ratio.targets:
-            _require(n > 1, f"ratio.targets must all be > 1 (bytes per chunk), got {self.ratio.targets}")
+        for n in self.ratio.targets:  # the ratio loss divides by N - 1
+            _require(
+                math.isfinite(n) and n > 1,
+                f"ratio.targets must be finite numbers > 1 (bytes per chunk), got {self.ratio.targets}",
+            )
         _require(self.ratio.alpha >= 0, f"ratio.alpha must be >= 0, got {self.ratio.alpha}")
         _require(self.data.seq_len >= 2, f"data.seq_len must be at least 2, got {self.data.seq_len}")
+        tok = self.data.tokenizer
+        if tok is not None and tok.startswith("bpe:"):
+            _require(
+                tok[4:].isdigit() and int(tok[4:]) == model.vocab_size,
+                f"data.tokenizer {tok!r} must be bpe:V with V = the model's vocab_size ({model.vocab_size})",
+            )
+        _require(
+            tok is not None or model.vocab_size == 256,
+            f"the model has vocab_size {model.vocab_size}: a token model needs data.tokenizer (e.g. bpe:V)",
+        )
         opt = self.optimizer
         _require(opt.lr > 0, f"optimizer.lr must be > 0, got {opt.lr}")
         _require(
@@ -171,6 +188,8 @@ class TrainConfig:
         )
         t = self.train
         _require(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
+        for key, seed in (("train.seed", t.seed), ("data.seed", self.data.seed)):
+            _require(0 <= seed < 2**63, f"{key} must be in 0..2**63-1, got {seed}")
         _require(t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
         _require(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null, got {t.grad_clip}")
         _require(
@@ -194,6 +213,10 @@ class TrainConfig:
         _require(w.bpe_train_bytes >= 1, f"warm_start.bpe_train_bytes must be >= 1, got {w.bpe_train_bytes}")
         if not w.stages:
             return
+        _require(
+            self.data.tokenizer is None,
+            "warm_start.stages needs a byte model: a token model (data.tokenizer) has no byte boundaries to target",
+        )
         _require(
             len(w.stages) == stages,
             f"warm_start.stages needs one entry per chunking stage ({stages}), got {len(w.stages)}; "
@@ -232,21 +255,40 @@ def paper_lr_multipliers(config: HNetConfig, targets: list[float]) -> list[float
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML training config and apply ``section.key=value`` overrides (values parsed as YAML)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a training config file such as configs/tiny_1stage.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except FileNotFoundError:
         raise FileNotFoundError(f"training config not found: {path}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise TypeError(f"{path}: a training config must be a YAML mapping of sections, got {type(data).__name__}")
-    for item in overrides:
-        apply_override(data, item)
-    data.setdefault("out", str(Path("runs") / path.stem))
+        raise ConfigError(f"{path}: a training config must be a YAML mapping of sections, got {type(data).__name__}")
     try:
+        for item in overrides:
+            apply_override(data, item)
+        data.setdefault("out", str(Path("runs") / path.stem))
         return config_from_dict(data)
-    except (TypeError, ValueError, FileNotFoundError) as err:
-        raise type(err)(f"{path}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: {err}") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import InvalidArgument
+
 
 @dataclass
 class Runtime:
@@ -29,7 +31,7 @@ class Runtime:
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     """``auto`` = the process's GPU when CUDA is available, else the CPU."""
     if preference == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise InvalidArgument("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")

@@ -111,7 +111,8 @@ def plot_curves(out_dir: Path) -> Path | None:
     ax_lr.plot(steps, [r["lr"] for r in train])
     ax_lr.set(xlabel="step", ylabel="learning rate (multiplier 1)", title="schedule")
     for ax in (ax_loss, ax_comp, ax_route):
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # an isotropic model has no compression or routing curves
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()

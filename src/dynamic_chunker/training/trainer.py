@@ -10,6 +10,8 @@ batch is split over processes and micro-batches, up to the ratio loss's per-devi
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +24,14 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ByteWindows, PreparedCorpus
+from ..data.corpus import MANIFEST
+from ..errors import ConfigError
 from ..evaluation.targets import BPE_FILE, TARGETS, bpe_for_corpus, stage_targets, target_bytes
 from ..model import HNetForCausalLM, parameter_groups
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .interrupt import StopRequest
 from .logs import RunLog, plot_curves
 from .objective import (
     IGNORE,
@@ -38,15 +43,15 @@ from .objective import (
     warm_start_loss,
     warm_start_weight,
 )
+from .run_folder import CHECKPOINT, RunLock, check_run_folder, remove_stale_temporaries
 from .schedule import WarmupStableDecay
 
-CHECKPOINT = "checkpoint.pt"
-# keys that may differ between a run and its resumption (run control, not the recipe)
+# keys that may differ between a run and its resumption (run control, not the recipe; a time budget is part of
+# the schedule, so a resumed run keeps the checkpoint's unless it is given again)
 RESUMABLE_CHANGES = (
     "out",
     "data.corpus",
     "data.verify",
-    "train.max_minutes",
     "train.device",
     "train.dtype",
     "eval.",
@@ -61,6 +66,7 @@ class TrainResult:
     rank: int = 0  # this process's rank (logs and files are written by rank 0)
     history: list[dict] = field(default_factory=list)  # train rows of this session
     evals: list[dict] = field(default_factory=list)  # validation rows of this session
+    interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run early, after a checkpoint
 
 
 def train(
@@ -68,22 +74,43 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int, dict], None] | None = None,
+    overwrite: bool = False,
+    allow_data_change: bool = False,
+    log_every: int = 50,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue) the run described by ``config``; returns what was logged.
 
     Under torchrun this joins the process group from the environment. ``on_step(step, row)`` is called after
-    every optimizer step, once its logs and any checkpoint are written.
+    every optimizer step, once its logs and any checkpoint are written. A non-empty output folder is only used
+    with ``resume`` (the same recipe, on the same corpus unless ``allow_data_change``) or ``overwrite``; the folder
+    is locked for the run. SIGINT/SIGTERM stop the run after the current step with a checkpoint
+    (``result.interrupted``). Without a progress bar a plain line is printed every ``log_every`` steps.
     """
     runtime = distributed.start(config.train.device)
+    lock = RunLock(run_dir(config)) if runtime.is_main else None  # rank 0 writes the folder, so it holds the lock
     try:
-        trainer = Trainer(config, runtime, resume=resume)
-        return trainer.run(progress=progress, on_step=on_step)
+        if lock is not None:
+            lock.acquire()
+            freed = remove_stale_temporaries(lock.folder)
+            if freed:
+                print(f"removed {freed / 1e6:.1f} MB of temporary files left by an interrupted write")
+            check_run_folder(lock.folder, resume, overwrite)
+        distributed.barrier(runtime)  # the other ranks start once rank 0 has checked the folder
+        trainer = Trainer(config, runtime, resume=resume, allow_data_change=allow_data_change)
+        return trainer.run(progress=progress, on_step=on_step, log_every=log_every)
     finally:
+        if lock is not None:
+            lock.release()
         distributed.stop(runtime)
 
 
-def open_data(config: TrainConfig) -> tuple[ByteWindows, ByteWindows]:
-    """Training and validation windows of the prepared corpus named by ``config.data``."""
+def run_dir(config: TrainConfig) -> Path:
+    return Path(config.out or "runs/train")
+
+
+def open_data(config: TrainConfig, out_dir: Path | None = None) -> tuple[ByteWindows, ByteWindows]:
+    """Training and validation windows of the prepared corpus named by ``config.data`` (token windows when
+    ``data.tokenizer`` is set; the tokenizer and the encoded splits are kept in ``out_dir``)."""
     corpus_dir = Path(config.data.corpus)
     if not corpus_dir.is_dir():
         raise FileNotFoundError(
@@ -92,22 +119,63 @@ def open_data(config: TrainConfig) -> tuple[ByteWindows, ByteWindows]:
         )
     corpus = PreparedCorpus(corpus_dir, verify=config.data.verify)
     seq_len = config.data.seq_len
-    return ByteWindows(corpus.split("train"), seq_len=seq_len, seed=config.data.seed), ByteWindows(
-        corpus.split("val"), seq_len=seq_len, seed=0
-    )
+    train_split, val_split = corpus.split("train"), corpus.split("val")
+    if config.data.tokenizer is not None:
+        from ..data.tokens import encode_split
+
+        folder = out_dir or run_dir(config)
+        tokenizer = load_tokenizer(config, folder)
+        train_split = encode_split(train_split, tokenizer, folder / "tokens_train.npy")
+        val_split = encode_split(val_split, tokenizer, folder / "tokens_val.npy")
+    return ByteWindows(train_split, seq_len=seq_len, seed=config.data.seed), ByteWindows(val_split, seq_len, seed=0)
+
+
+TOKENIZER_TRAINING_BYTES = 100_000_000  # a BPE is trained on at most this much of the training split
+
+
+def load_tokenizer(config: TrainConfig, out_dir: Path):
+    """The run's tokenizer: ``out_dir/tokenizer.json`` if it exists (a resumed run), else trained (bpe:V) or read."""
+    from tokenizers import Tokenizer
+
+    from ..data.tokens import train_bpe
+
+    saved = out_dir / "tokenizer.json"
+    if saved.is_file():
+        return Tokenizer.from_file(str(saved))
+    spec = config.data.tokenizer
+    if spec.startswith("bpe:"):
+        corpus = PreparedCorpus(config.data.corpus, verify=False)
+        tokenizer = train_bpe(corpus.split("train"), int(spec[4:]), max_bytes=TOKENIZER_TRAINING_BYTES)
+    else:
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"data.tokenizer {spec} not found: give bpe:V or a tokenizer.json path")
+        tokenizer = Tokenizer.from_file(spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(saved))
+    return tokenizer
+
+
+def corpus_digest(corpus_dir: Path) -> str:
+    """sha256 of a corpus's manifest without its creation time: the same data prepared again has the same digest
+    (the manifest holds the sha256 of every file), different data a different one."""
+    manifest = json.loads((corpus_dir / MANIFEST).read_text(encoding="utf-8"))
+    manifest.pop("created_at", None)
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, runtime: distributed.Runtime, resume: bool = False):
+    def __init__(
+        self, config: TrainConfig, runtime: distributed.Runtime, resume: bool = False, allow_data_change: bool = False
+    ):
         self.config = config
         self.runtime = runtime
-        self.out_dir = Path(config.out or "runs/train")
+        self.out_dir = run_dir(config)
         cfg, rt = config, runtime
         self.model_config = config.model_config()
         self.stages = self.model_config.num_stages - 1
         per_process = cfg.train.grad_accum * rt.world_size
         if cfg.train.batch_size % per_process:
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size {cfg.train.batch_size} must be divisible by train.grad_accum "
                 f"({cfg.train.grad_accum}) x processes ({rt.world_size})"
             )
@@ -116,13 +184,26 @@ class Trainer:
         self.autocast = torch.autocast(
             rt.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == torch.bfloat16
         )
-        self.train_windows, self.val_windows = open_data(config)
+        self.train_windows, self.val_windows = open_data(config, self.out_dir)
+        self.corpus_hash = corpus_digest(Path(cfg.data.corpus))
+        # UTF-8 bytes per target id: validation BPB of a token model divides its NLL by the bytes of the same text
+        self.token_bytes = torch.ones(self.model_config.vocab_size, dtype=torch.float64, device=rt.device)
+        if config.data.tokenizer is not None:
+            from ..data.tokens import token_byte_lengths
+
+            tokenizer = load_tokenizer(config, self.out_dir)
+            if tokenizer.get_vocab_size() != self.model_config.vocab_size:
+                raise ConfigError(
+                    f"the tokenizer has {tokenizer.get_vocab_size()} ids but the model's vocab_size is "
+                    f"{self.model_config.vocab_size}"
+                )
+            self.token_bytes = token_byte_lengths(tokenizer).to(rt.device, torch.float64)
         self.train_windows.steps_per_epoch(self.micro_batch, rt.world_size)  # enough data for one batch?
         # a fixed validation set: windows spread evenly over the split, so that it spans many documents
         count = min(cfg.eval.windows, len(self.val_windows))
         self.eval_indices = [i * len(self.val_windows) // count for i in range(count)]
 
-        checkpoint = self._checkpoint_to_resume(resume)
+        checkpoint = self._checkpoint_to_resume(resume, allow_data_change)
         torch.manual_seed(cfg.train.seed)
         self.model = HNetForCausalLM(self.model_config, device=rt.device)
         if cfg.train.gradient_checkpointing not in (False, []):
@@ -136,6 +217,7 @@ class Trainer:
         )
         self.schedule = WarmupStableDecay(self.optimizer, cfg.schedule.warmup, cfg.schedule.decay)
         self.step, self.elapsed = 0, 0.0
+        self.last_eval: int | None = None  # step of the latest validation row in eval.csv
         if checkpoint is not None:
             self._restore(checkpoint)
         self.ddp = (
@@ -151,7 +233,7 @@ class Trainer:
         """The run's BPE tokenizer (bpe target, routing statistics): read from the run folder, or trained once on
         the training split by the main process and saved there (a resumed run reads the same one)."""
         ws = self.config.warm_start
-        if not ws.bpe_vocab_size:
+        if not ws.bpe_vocab_size or self.config.data.tokenizer is not None:  # a token model has no byte statistics
             return None
         path, split = self.out_dir / BPE_FILE, self.train_windows.split
         if self.runtime.is_main:
@@ -160,19 +242,25 @@ class Trainer:
         return bpe_for_corpus(path, split.data, ws.bpe_vocab_size, ws.bpe_train_bytes)
 
     # ------------------------------------------------------------------ state
-    def _checkpoint_to_resume(self, resume: bool) -> dict | None:
+    def _checkpoint_to_resume(self, resume: bool, allow_data_change: bool) -> dict | None:
+        """The checkpoint to continue (None for a new run; the folder itself is checked by check_run_folder)."""
         path = self.out_dir / CHECKPOINT
         if not resume:
-            if path.exists():
-                raise ValueError(
-                    f"{self.out_dir} already holds a run ({path.name}); pass --resume to continue it, "
-                    "or choose another output folder with --out"
-                )
             return None
         if not path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint to resume in {self.out_dir} (expected {path})")
         checkpoint = load_checkpoint(path)
+        train = self.config.train
+        if train.max_minutes is None:  # a time-limited run continues on its own time budget
+            train.max_minutes = checkpoint["config"]["train"].get("max_minutes")
         _check_resumable(self.config, self.model_config.to_dict(), checkpoint)
+        stored = checkpoint.get("corpus_manifest_sha256")
+        if stored is not None and stored != self.corpus_hash and not allow_data_change:
+            raise ConfigError(
+                f"cannot resume: the corpus {self.config.data.corpus} is not the one this run was trained on (its "
+                f"{MANIFEST} describes other files); point data.corpus at the original corpus, or pass "
+                "--allow-data-change"
+            )
         return checkpoint
 
     def _restore(self, checkpoint: dict) -> None:
@@ -181,6 +269,7 @@ class Trainer:
         self.schedule.load_state_dict(checkpoint["schedule"])
         set_rng_state(checkpoint["rng"])
         self.step, self.elapsed = checkpoint["step"], checkpoint["elapsed"]
+        self.last_eval = checkpoint.get("evaluated_step")
         if checkpoint["world_size"] != self.runtime.world_size and self.runtime.is_main:
             print(
                 f"note: the checkpoint was written by {checkpoint['world_size']} process(es), this run has "
@@ -201,6 +290,8 @@ class Trainer:
                     "config": self.config.to_dict(),
                     "model_config": self.model_config.to_dict(),
                     "world_size": self.runtime.world_size,
+                    "corpus_manifest_sha256": self.corpus_hash,
+                    "evaluated_step": self.last_eval,
                 },
             )
 
@@ -240,7 +331,7 @@ class Trainer:
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 with self.autocast:
                     losses = compute_losses(model, inputs, documents, targets, cfg.ratio.targets)
-                ratio = torch.stack(losses.ratio)
+                ratio = torch.stack(losses.ratio) if losses.ratio else losses.ce_sum.new_zeros(0)  # isotropic: none
                 # DDP averages gradients over processes, hence the world_size factor on the summed cross-entropy
                 loss = losses.ce_sum * (rt.world_size / count) + cfg.ratio.alpha * ratio.sum() / len(parts)
                 warm = self.warm_start_losses(losses.output, inputs, documents)
@@ -250,20 +341,29 @@ class Trainer:
                 loss.backward()
             ce_total += losses.ce_sum.detach()
             ratio_total += ratio.detach()
-            warm_total += torch.stack(warm).detach().double()
+            if warm:
+                warm_total += torch.stack(warm).detach().double()
             for key, value in routing_sums(losses.output, documents, self.references(inputs, train=True)).items():
                 stats[key] = stats.get(key, 0) + value
-        stacked = torch.cat([ce_total[None], ratio_total, warm_total, torch.stack(list(stats.values()))])
+        routing = torch.stack(list(stats.values())) if stats else ce_total.new_zeros(0)  # isotropic: no routing
+        stacked = torch.cat([ce_total[None], ratio_total, warm_total, routing])
         totals = distributed.all_reduce(stacked, rt)
         ce = float(totals[0]) / count
         ratios = (totals[1 : 1 + self.stages] / (len(parts) * rt.world_size)).tolist()
         warms = (totals[1 + self.stages : 1 + 2 * self.stages] / (len(parts) * rt.world_size)).tolist()
         if not math.isfinite(ce):
-            raise ValueError(
+            raise ConfigError(
                 f"the loss became non-finite at step {self.step + 1}; lower optimizer.lr or set train.grad_clip"
             )
+        # bits per byte: a token model's targets hold several bytes each (self.token_bytes)
+        targets_bytes = sum(self.token_bytes[t.clamp(min=0)][t != IGNORE].sum() for _, _, t in parts)
+        byte_count = max(float(distributed.all_reduce(targets_bytes.double(), rt)), 1.0)
         warm_term = sum(w * v for w, v in zip(weights, warms) if w > 0)
-        row = {"loss": ce + cfg.ratio.alpha * sum(ratios) + warm_term, "ce": ce, "bpb": ce / math.log(2)}
+        row = {
+            "loss": ce + cfg.ratio.alpha * sum(ratios) + warm_term,
+            "ce": ce,
+            "bpb": float(totals[0]) / byte_count / math.log(2),
+        }
         row.update({f"ratio_loss_{s}": r for s, r in enumerate(ratios)})
         for s, target in enumerate(self.warm_targets):
             if target != "none":  # the BCE is logged on after its weight reached 0: how far boundaries drift
@@ -283,6 +383,8 @@ class Trainer:
     def references(self, inputs: torch.Tensor, train: bool = False) -> dict[str, torch.Tensor]:
         """Reference boundary sets over the input bytes: only after_whitespace for the training rows (cheap),
         every set (bpe with a tokenizer) for validation."""
+        if self.config.data.tokenizer is not None:  # a token model: its ids are not bytes
+            return {}
         names = ["after_whitespace"] if train else [n for n in TARGETS if n != "bpe" or self.tokenizer is not None]
         return {name: target_bytes(name, inputs, self.tokenizer) for name in names}
 
@@ -331,7 +433,8 @@ class Trainer:
             ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
             # surprisal of input byte t is the loss of predicting it at t - 1 (unknown for the first byte and BOS)
             surprisal = F.pad(ce.masked_fill(targets == IGNORE, math.nan)[:, :-1], (1, 0), value=math.nan)
-            batch = {"ce": losses.ce_sum.double(), "targets": (targets != IGNORE).sum()}
+            counted = targets != IGNORE
+            batch = {"ce": losses.ce_sum.double(), "targets": self.token_bytes[targets.clamp(min=0)][counted].sum()}
             batch.update(routing_sums(losses.output, documents, self.references(inputs), surprisal.double()))
             for key, value in batch.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(value, dtype=torch.float64, device=rt.device)
@@ -342,80 +445,110 @@ class Trainer:
         return row
 
     # -------------------------------------------------------------------- loop
-    def run(self, progress: bool = True, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+    def run(
+        self, progress: bool = True, on_step: Callable[[int, dict], None] | None = None, log_every: int = 50
+    ) -> TrainResult:
         cfg, rt = self.config, self.runtime
         steps, budget = cfg.train.steps, cfg.train.max_minutes
         result = TrainResult(self.out_dir, self.step, rt.rank)
         log = None
         if rt.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "train.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            (self.out_dir / "train.yaml").write_text(resolved)
+            print(f"config (saved as {self.out_dir / 'train.yaml'}):\n  " + resolved.rstrip().replace("\n", "\n  "))
+            if self.resumed_from is not None:
+                used = f" ({self.elapsed / 60:.1f} of {budget:g} minutes used)" if budget else ""
+                print(f"resuming from step {self.step}{used}")
             log = RunLog(self.out_dir, self.resumed_from)
-        # with a time budget the step count at the end is unknown: the bar then shows steps and rate, no total
         bar = _progress_bar(progress and rt.is_main, None if budget else steps, self.step)
+        lines = rt.is_main and not progress  # batch jobs: a plain line every log_every steps and per validation
         bytes_per_step = cfg.train.batch_size * cfg.data.seq_len
-        last_eval, last_saved = None, self.resumed_from
-        session_start, elapsed_before = time.perf_counter(), self.elapsed
+        last_saved = self.resumed_from
 
         def evaluate_and_log() -> None:
-            nonlocal last_eval
             row = {"step": self.step, **self.evaluate()}
-            last_eval = self.step
+            self.last_eval = self.step
             result.evals.append(row)
             if log:
                 log.log("eval", row)
             bar.set_postfix_str(_postfix(result.history[-1] if result.history else None, row, self.stages))
+            if lines:
+                print(f"step {self.step}: {_postfix(None, row, self.stages)}", flush=True)
 
         try:
-            if self.resumed_from is None and cfg.eval.every:
-                evaluate_and_log()
-            batches = self.batches()
-            while self.step < steps and not (budget and self.elapsed >= 60 * budget):
-                start, end = self.progress()
-                factor = self.schedule.update(start, end)
-                began = time.perf_counter()
-                row = self.accumulate_gradients(next(batches))
-                grad_norm = self.optimizer_step()
-                now = time.perf_counter()
-                self.step += 1
-                self.elapsed = elapsed_before + now - session_start
-                if budget:  # every process must agree on the time, hence on the learning rate and the stop
-                    clock = torch.tensor(self.elapsed, dtype=torch.float64, device=rt.device)
-                    self.elapsed = float(distributed.all_reduce(clock, rt, op="max"))
-                row = {
-                    "step": self.step,
-                    **row,
-                    "grad_norm": grad_norm,
-                    "lr": cfg.optimizer.lr * factor,
-                    "bytes_per_s": bytes_per_step / (now - began),
-                    "elapsed_s": self.elapsed,
-                }
-                result.history.append(row)
-                if log:
-                    log.log("train", row)
-                bar.update(1)
-                bar.set_postfix_str(_postfix(row, result.evals[-1] if result.evals else None, self.stages))
-                if cfg.eval.every and self.step % cfg.eval.every == 0:
+            with StopRequest() as stop:
+                if self.resumed_from is None and cfg.eval.every:
                     evaluate_and_log()
-                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                # the clock starts after the first validation, so that it does not use up the warmup of a timed run
+                session_start, elapsed_before, first_step = time.perf_counter(), self.elapsed, self.step
+                batches = self.batches()
+                while self.step < steps and not (budget and self.elapsed >= 60 * budget):
+                    result.interrupted = self._stop_signal(stop)
+                    if result.interrupted:
+                        break
+                    start, end = self.progress()
+                    factor = self.schedule.update(start, end)
+                    began = time.perf_counter()
+                    row = self.accumulate_gradients(next(batches))
+                    grad_norm = self.optimizer_step()
+                    now = time.perf_counter()
+                    self.step += 1
+                    self.elapsed = elapsed_before + now - session_start
+                    if budget:  # every process must agree on the time, hence on the learning rate and the stop
+                        clock = torch.tensor(self.elapsed, dtype=torch.float64, device=rt.device)
+                        self.elapsed = float(distributed.all_reduce(clock, rt, op="max"))
+                        # expected steps at this session's pace, for the bar's total and ETA
+                        pace = (self.elapsed - elapsed_before) / (self.step - first_step)
+                        bar.total = min(steps, self.step + math.ceil(max(60 * budget - self.elapsed, 0) / pace))
+                    row = {
+                        "step": self.step,
+                        **row,
+                        "grad_norm": grad_norm,
+                        "lr": cfg.optimizer.lr * factor,
+                        "bytes_per_s": bytes_per_step / (now - began),
+                        "elapsed_s": self.elapsed,
+                    }
+                    result.history.append(row)
+                    if log:
+                        log.log("train", row)
+                    bar.update(1)
+                    bar.set_postfix_str(_postfix(row, result.evals[-1] if result.evals else None, self.stages))
+                    if lines and self.step % log_every == 0:
+                        total = f"/{bar.total}" if bar.total else ""
+                        text = _postfix(row, result.evals[-1] if result.evals else None, self.stages)
+                        print(f"step {self.step}{total} ({self.elapsed / 60:.1f} min): {text}", flush=True)
+                    if cfg.eval.every and self.step % cfg.eval.every == 0:
+                        evaluate_and_log()
+                    if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                        self.save()
+                        last_saved = self.step
+                    if on_step is not None:
+                        on_step(self.step, row)
+                if not result.interrupted and self.last_eval != self.step:
+                    evaluate_and_log()
+                if last_saved != self.step:
                     self.save()
-                    last_saved = self.step
-                if on_step is not None:
-                    on_step(self.step, row)
-            if last_eval != self.step:
-                evaluate_and_log()
-            if last_saved != self.step:
-                self.save()
-            if rt.is_main:
-                self._export_model()
-                plot_curves(self.out_dir)
-            distributed.barrier(rt)  # no process tears the group down while another still uses it
+                if rt.is_main and not result.interrupted:
+                    if self.resumed_from is not None and not result.history:
+                        print(f"the run was already complete at step {self.step}: nothing to train")
+                    self._export_model()
+                    plot_curves(self.out_dir)
+                distributed.barrier(rt)  # no process tears the group down while another still uses it
         finally:
             bar.close()
             if log:
                 log.close()
         result.step = self.step
         return result
+
+    def _stop_signal(self, stop: StopRequest) -> int | None:
+        """The signal that asks to stop, agreed by every process (so that all stop after the same step)."""
+        signum = stop.signum or 0
+        if self.runtime.distributed:
+            flag = torch.tensor(signum, dtype=torch.float64, device=self.runtime.device)
+            signum = int(distributed.all_reduce(flag, self.runtime, op="max"))
+        return signum or None
 
     def _export_model(self) -> None:
         """The trained model as ``config.json`` + ``model.safetensors``: ``from_pretrained(run folder)`` loads it."""
@@ -444,10 +577,9 @@ def _check_resumable(config: TrainConfig, model_config: dict, checkpoint: dict) 
     if checkpoint["model_config"] != model_config:
         changed.insert(0, "model: the model config differs")
     if changed:
-        raise ValueError(
-            "cannot resume: the config differs from the checkpoint's in\n  "
-            + "\n  ".join(changed)
-            + "\nUse the original config (it is saved as train.yaml in the run folder), or start a new run."
+        raise ConfigError(
+            f"cannot resume: the config differs from the checkpoint's in {'; '.join(changed)}. Use the original "
+            "config (saved as train.yaml in the run folder), or start a new run (--overwrite or another --out)"
         )
 
 
@@ -462,6 +594,9 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 
 class _NoBar:
+    def __init__(self, total: int | None):
+        self.total = total
+
     def update(self, n: int = 1) -> None: ...
     def set_postfix_str(self, text: str) -> None: ...
     def close(self) -> None: ...
@@ -469,7 +604,7 @@ class _NoBar:
 
 def _progress_bar(enabled: bool, total: int | None, initial: int):
     if not enabled:
-        return _NoBar()
+        return _NoBar(total)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
