@@ -308,6 +308,7 @@ def add_generate_parser(sub) -> None:
 def cmd_boundaries(args: argparse.Namespace) -> int:
     from .checkpoints import from_pretrained
     from .evaluation.boundaries import find_boundaries, forced_starts, mark_boundaries, score_boundaries, score_table
+    from .evaluation.targets import BPE_FILE
 
     sources = [args.text is not None, args.file is not None, args.corpus is not None]
     require(sum(sources) == 1, "give exactly one of --text, --file or --corpus")
@@ -328,6 +329,14 @@ def cmd_boundaries(args: argparse.Namespace) -> int:
     data = data[: args.max_bytes]
     require(bool(data), "the text to chunk is empty")
     model = from_pretrained(args.model, config=args.config, dtype=args.dtype, device=args.device).eval()
+    tokenizer = None
+    bpe = Path(args.bpe) if args.bpe else Path(args.model) / BPE_FILE
+    if args.bpe or bpe.is_file():
+        from tokenizers import Tokenizer
+
+        if not bpe.is_file():
+            raise FileNotFoundError(f"--bpe {bpe}: no such tokenizer file")
+        tokenizer = Tokenizer.from_file(str(bpe))
     starts = find_boundaries(model, data, window=args.window)
     forced = forced_starts(len(data), args.window)
     for stage, stage_starts in enumerate(starts):
@@ -335,8 +344,8 @@ def cmd_boundaries(args: argparse.Namespace) -> int:
         print(
             f"stage {stage}: {chunks:,} chunks over {len(data):,} bytes ({len(data) / max(chunks, 1):.2f} bytes/chunk)"
         )
-        if stage == 0:
-            print(score_table(score_boundaries(data, stage_starts, exclude=forced)))
+        candidates = starts[stage - 1] if stage else None  # stage s chooses among stage s-1's chunk starts
+        print(score_table(score_boundaries(data, stage_starts, forced, candidates, tokenizer)))
         if args.show:
             print(mark_boundaries(data[: args.show], stage_starts[: args.show], marker=args.marker))
         print()
@@ -348,8 +357,9 @@ def add_boundaries_parser(sub) -> None:
         "boundaries",
         help="show where a model puts its chunk boundaries, and score them against word starts",
         description="Run the encoders and routers of a model over a text and print every stage's chunks, the text with "
-        "a marker before each chunk, and (stage 0) precision/recall of the boundaries against positions that follow "
-        "whitespace, the whitespace itself and starts of alphanumeric runs. Text is cut into independent windows.",
+        "a marker before each chunk, and per stage precision/recall of the boundaries against positions that follow "
+        "whitespace, the whitespace itself, word starts and (with a tokenizer) BPE token starts. Text is cut into "
+        "independent windows.",
     )
     add_model_arguments(p)
     p.add_argument("--text", help="text to chunk")
@@ -359,6 +369,10 @@ def add_boundaries_parser(sub) -> None:
     p.add_argument("--window", type=int, default=8192, help="bytes per independent window (default 8192)")
     p.add_argument("--show", type=int, default=600, help="print the first SHOW bytes with boundaries marked (0: none)")
     p.add_argument("--marker", default="|", help="marker printed before each chunk (default |)")
+    p.add_argument(
+        "--bpe",
+        help="BPE tokenizer JSON for the bpe reference (default: the model folder's bpe_tokenizer.json, if any)",
+    )
     p.set_defaults(func=cmd_boundaries)
 
 

@@ -17,6 +17,7 @@ from .chunking import (
     DeChunkLayer,
     RoutingModule,
     RoutingOutput,
+    chunk_order,
     ratio_loss,
     straight_through,
 )
@@ -174,6 +175,17 @@ class BoundaryOutput:
         return starts.scatter_(1, positions, routing.boundary_mask)  # padded entries carry False (a no-op write)
 
 
+def routing_positions(routing: list[RoutingOutput]) -> list[torch.Tensor]:
+    """positions[s] (B, L_s) of :class:`BoundaryOutput` from the routing decisions alone (the chunk layer's order)."""
+    if not routing:
+        return []
+    batch, length = routing[0].boundary_mask.shape
+    positions = [torch.arange(length, device=routing[0].boundary_mask.device).expand(batch, length)]
+    for r in routing[:-1]:
+        positions.append(positions[-1].gather(1, chunk_order(r.boundary_mask)[0]))
+    return positions
+
+
 class HNetForCausalLM(nn.Module):
     def __init__(self, config: HNetConfig, device=None, dtype=None):
         super().__init__()
@@ -228,21 +240,17 @@ class HNetForCausalLM(nn.Module):
         network, no logits): the routing of ``forward`` on the same inputs, at a fraction of its cost.
         """
         segments = Segments.from_inputs(input_ids, mask, document_ids, self.config.vocab_size, self.check_inputs)
-        batch, length = input_ids.shape
         x = self.embeddings(input_ids.long())
-        positions = torch.arange(length, device=input_ids.device).expand(batch, length)
-        routing, where, stage, ids = [], [], self.backbone, input_ids
+        routing, stage, ids = [], self.backbone, input_ids
         while not stage.is_innermost:
             hidden = stage.encoder(stage.widen(x), segments)
             routing.append(stage.routing_module(hidden, segments, input_ids=ids))
             ids = None  # bytes exist at stage 0 only
-            where.append(positions)
             if stage.main_network.is_innermost:
                 break  # the last router's chunks would only feed the innermost network
-            x, segments, index = stage.chunk_layer(hidden, routing[-1], segments)
-            positions = positions.gather(1, index)
+            x, segments, _ = stage.chunk_layer(hidden, routing[-1], segments)
             stage = stage.main_network
-        return BoundaryOutput(routing, where)
+        return BoundaryOutput(routing, routing_positions(routing))
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None):
         """Empty decoding state for ``batch_size`` rows of at most ``max_seqlen`` bytes (prompt + generated).

@@ -76,6 +76,28 @@ class TrainSection:
     gradient_checkpointing: bool | list[int] = False
 
 
+WARM_START_TARGETS = ("after_whitespace", "words", "bpe", "none")  # see evaluation/targets.py
+
+
+@dataclass
+class WarmStartStage:
+    target: str = "none"  # one of WARM_START_TARGETS: what this stage's boundary probabilities are pulled towards
+    weight: float = 1.0  # weight of the auxiliary loss at the start of training
+    until: float = 0.3  # fraction of training (steps, or time with max_minutes) over which the weight falls to 0
+
+
+@dataclass
+class WarmStartSection:
+    """Boundary warm start (off by default): a binary cross-entropy of each stage's boundary probabilities against a
+    target boundary set, with a weight that falls linearly to zero; afterwards the paper's objective alone."""
+
+    stages: list[WarmStartStage] = field(default_factory=list)  # one per chunking stage, outermost first; [] = off
+    # the BPE tokenizer of the bpe target and of the routing statistics (trained on the training split's first
+    # bpe_train_bytes, kept in the run folder); 0 = no tokenizer
+    bpe_vocab_size: int = 4096
+    bpe_train_bytes: int = 8_000_000
+
+
 @dataclass
 class EvalSection:
     every: int = 100  # steps between validations (also at step 0 and at the end); 0 = only at the end
@@ -98,6 +120,7 @@ class TrainConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    warm_start: WarmStartSection = field(default_factory=WarmStartSection)
     out: str | None = None  # output directory; default runs/<config file name>
 
     def __post_init__(self) -> None:
@@ -186,6 +209,42 @@ class TrainConfig:
                 f"got {t.gradient_checkpointing}; or write true for every stage",
             )
         _require(self.eval.every >= 0 and self.checkpoint.every >= 0, "eval.every and checkpoint.every must be >= 0")
+        self._validate_warm_start(stages)
+
+    def _validate_warm_start(self, stages: int) -> None:
+        w = self.warm_start
+        _require(
+            w.bpe_vocab_size == 0 or w.bpe_vocab_size >= 257,
+            f"warm_start.bpe_vocab_size must be 0 (no tokenizer) or more than the 256 bytes, got {w.bpe_vocab_size}",
+        )
+        _require(w.bpe_train_bytes >= 1, f"warm_start.bpe_train_bytes must be >= 1, got {w.bpe_train_bytes}")
+        if not w.stages:
+            return
+        _require(
+            self.data.tokenizer is None,
+            "warm_start.stages needs a byte model: a token model (data.tokenizer) has no byte boundaries to target",
+        )
+        _require(
+            len(w.stages) == stages,
+            f"warm_start.stages needs one entry per chunking stage ({stages}), got {len(w.stages)}; "
+            "write {target: none} for a stage to leave free",
+        )
+        for i, stage in enumerate(w.stages):
+            key = f"warm_start.stages[{i}]"
+            _require(
+                stage.target in WARM_START_TARGETS,
+                f"{key}.target must be one of {', '.join(WARM_START_TARGETS)}, got {stage.target!r}",
+            )
+            _require(stage.weight >= 0, f"{key}.weight must be >= 0, got {stage.weight}")
+            _require(0 < stage.until <= 1, f"{key}.until is a fraction of training in (0, 1], got {stage.until}")
+            _require(
+                stage.target != "bpe" or w.bpe_vocab_size > 0,
+                f"{key}.target bpe needs a tokenizer: set warm_start.bpe_vocab_size > 0",
+            )
+
+    def warm_start_targets(self) -> list[str]:
+        """The warm-start target of each chunking stage ('none' everywhere when the warm start is off)."""
+        return [s.target for s in self.warm_start.stages] or ["none"] * (len(self.ratio.targets))
         _require(self.eval.windows >= 1 and self.eval.batch_size >= 1, "eval.windows and eval.batch_size must be >= 1")
 
 
@@ -318,6 +377,8 @@ def _check(value: Any, hint: Any, key: str) -> Any:
         if value not in typing.get_args(hint):
             raise ValueError(f"{key} must be one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")
         return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
     if origin is list:
         if not isinstance(value, list):
             raise TypeError(f"{key} must be a list, got {value!r}")
