@@ -44,7 +44,7 @@ test: $(BIN)/hnet chromium
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/hnet
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python -m benchmarks.train_throughput
 
 # Against the pure-PyTorch peer package on PyPI; it is installed only into its own venv, never into .venv.
 PEER ?= h-net-dynamic-chunking==0.5.19
@@ -57,7 +57,7 @@ $(PEER_VENV)/peer-installed: pyproject.toml
 	touch $@
 
 bench-peer: $(PEER_VENV)/peer-installed
-	$(PEER_VENV)/bin/python benchmarks/peer.py
+	$(PEER_VENV)/bin/python -m benchmarks.peer
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 """Retrieval benchmark: what chunkers do to RAG on SQuAD questions with exact answer spans.
 
 Same as ``hnet eval retrieval`` (see ``dynamic_chunker.evaluation.retrieval`` for the metrics and
-``dynamic_chunker.evaluation.baselines`` for the baselines and their calibration); needs ``pip install -e ".[rag]"``.
+``dynamic_chunker.evaluation.chunkers`` for the baseline chunkers and their calibration); needs
+``pip install -e ".[rag]"``.
 By default every baseline at mean chunk lengths near 128, 275 and 550 characters on both corpus variants, embedded
 with all-MiniLM-L6-v2 (offline) and cached under ~/.cache/dynamic_chunker/embeddings.
 

@@ -1,5 +1,3 @@
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,16 +6,6 @@ import torch
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "official"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_benchmark(script: Path, name: str):
-    """A benchmark script as a module; its folder goes on sys.path because the scripts import their sibling helpers,
-    as when they run directly."""
-    sys.path.insert(0, str(script.parent))
-    spec = importlib.util.spec_from_file_location(name, script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(params=["tiny_1stage", "tiny_2stage"])

@@ -5,16 +5,16 @@ import torch
 
 from dynamic_chunker.layers import kernels
 
-from .conftest import BENCHMARKS, load_benchmark
 from .fake_kernels import install
 
-SCRIPT = BENCHMARKS / "gpu.py"
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_benchmark(SCRIPT, "gpu_benchmark")
+    from benchmarks import gpu
+
+    return gpu
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")

@@ -136,10 +136,16 @@ def test_scores_against_word_starts_by_hand():
     starts = torch.zeros(len(data), dtype=torch.bool)
     starts[[0, 3, 5, 7]] = True
     scores = {s.reference: s for s in score_boundaries(data, starts, exclude=forced_starts(len(data), window=64))}
-    after, at, word = scores["after whitespace"], scores["at whitespace"], scores["word start"]
+    after, at, word = scores["after_whitespace"], scores["at_whitespace"], scores["words"]
     assert (after.precision, after.recall, after.base_rate) == (2 / 3, 2 / 4, 4 / 10)
     assert (at.precision, at.recall) == (1 / 3, 1 / 4)
     assert (word.precision, word.recall) == (2 / 3, 2 / 3)
+    # an inner stage chooses among the outer stage's chunk starts: recall and base rate count only those
+    outer = torch.zeros(len(data), dtype=torch.bool)
+    outer[[0, 2, 3, 5, 7, 8]] = True
+    inner = {s.reference: s for s in score_boundaries(data, starts, forced_starts(len(data), 64), candidates=outer)}
+    assert (inner["after_whitespace"].precision, inner["after_whitespace"].recall) == (2 / 3, 2 / 2)
+    assert inner["after_whitespace"].base_rate == 2 / 5
     with pytest.raises(ValueError, match="one flag per byte"):
         score_boundaries(data, starts[:-1])
 
@@ -163,7 +169,7 @@ def test_hnet_boundaries_command(tmp_path, capsys):
     text.write_text("The kernel schedules tasks. " * 20, encoding="utf-8")
     assert main(["boundaries", "--model", str(tmp_path / "model"), "--file", str(text), "--window", "100"]) == 0
     out = capsys.readouterr().out
-    assert "stage 0:" in out and "stage 1:" in out and "| after whitespace |" in out and "The" in out
+    assert "stage 0:" in out and "stage 1:" in out and "| after_whitespace |" in out and "The" in out
     assert main(["boundaries", "--model", str(tmp_path / "model"), "--text", ""]) == 2
     assert "empty" in capsys.readouterr().err
     assert main(["boundaries", "--model", str(tmp_path / "model")]) == 2

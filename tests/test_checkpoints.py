@@ -212,3 +212,19 @@ def test_cli_convert_and_generate(tmp_path, capsys):
     assert capsys.readouterr().out == "Hi " + expected.decode("utf-8", errors="replace") + "\n"
     assert cli.main(["generate", "--model", str(tmp_path / "nowhere"), "--prompt", "x"]) == 2
     assert "nowhere: no such file or folder" in capsys.readouterr().err
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    from dynamic_chunker.files import TEMP_GLOB, atomic_write
+
+    path = atomic_write(tmp_path / "sub" / "a.txt", "first")
+    atomic_write(path, b"second")
+    assert path.read_text() == "second" and (path.stat().st_mode & 0o777) == 0o644
+
+    def crash(f):
+        f.write(b"half")
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, crash)
+    assert path.read_text() == "second" and not list(path.parent.glob(TEMP_GLOB))

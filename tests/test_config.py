@@ -8,12 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynamic_chunker import HNetConfig
-from dynamic_chunker.config import parse_layout
+from dynamic_chunker.config import OFFICIAL_CONFIGS, parse_layout
 from dynamic_chunker.errors import ConfigError
 
-from .conftest import OFFICIAL
-
-CONFIG_FILES = sorted((OFFICIAL / "configs").glob("*.json"))
+CONFIG_FILES = sorted(OFFICIAL_CONFIGS.glob("*.json"))
 
 
 def base_config() -> dict:

@@ -3,7 +3,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
-from dynamic_chunker.config import SSMConfig
+from dynamic_chunker.config import OFFICIAL_CONFIGS, SSMConfig
 from dynamic_chunker.evaluation.flops import (
     attention_flops,
     default_compression,
@@ -16,18 +16,16 @@ from dynamic_chunker.evaluation.flops import (
 from dynamic_chunker.layers.attention import attention_mask
 from dynamic_chunker.layers.segments import Segments
 
-from .conftest import OFFICIAL
-
 
 def official(name: str) -> HNetConfig:
-    return HNetConfig.from_json(OFFICIAL / "configs" / f"{name}.json")
+    return HNetConfig.from_json(OFFICIAL_CONFIGS / f"{name}.json")
 
 
 @pytest.mark.parametrize(
     ("name", "ratio", "expected"), [("hnet_1stage_L", 4.8, 0.433e9), ("hnet_1stage_XL", 4.7, 0.716e9)]
 )
 def test_worked_example_of_the_reference(name, ratio, expected):
-    # HNET_REFERENCE.md section 9; Table 2 of the paper prints 0.43 and 0.72 GFLOPs/byte
+    # docs/MODEL.md (FLOPs per byte); Table 2 of the paper prints 0.43 and 0.72 GFLOPs/byte
     assert forward_flops_per_byte(official(name), 8192, [ratio]) == pytest.approx(expected, rel=0.01)
 
 

@@ -81,6 +81,15 @@ def test_chunked_scan_float32_close_to_float64_oracle(length, chunk_size):
     torch.testing.assert_close(final.double(), final_ref, rtol=1e-4, atol=1e-4)
 
 
+def test_chunked_scan_without_resets_may_skip_looking_for_them():
+    gen = torch.Generator().manual_seed(3)
+    x, log_decay, B, C = scan_inputs(gen, 2, 300, 2, 3, 4, torch.float64)
+    looked = chunked_scan(x, log_decay, B, C, chunk_size=8)
+    promised = chunked_scan(x, log_decay, B, C, chunk_size=8, resets=False)
+    for a, b in zip(looked, promised):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_chunked_scan_reset_discards_initial_state_and_history():
     gen = torch.Generator().manual_seed(0)
     x, log_decay, B, C = scan_inputs(gen, 1, 20, 2, 3, 4, torch.float64)

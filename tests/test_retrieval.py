@@ -6,7 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from dynamic_chunker.evaluation.baselines import BASELINES, calibrate, fixed_size
+from dynamic_chunker.evaluation.chunkers import BASELINES, calibrate, fixed_size
 from dynamic_chunker.evaluation.retrieval import (
     DEFAULT_DATA,
     Chunks,

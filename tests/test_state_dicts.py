@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
+from dynamic_chunker.config import OFFICIAL_CONFIGS
 
 from .conftest import OFFICIAL
 
-CONFIGS = sorted(p.stem for p in (OFFICIAL / "configs").glob("*.json"))
+CONFIGS = sorted(p.stem for p in OFFICIAL_CONFIGS.glob("*.json"))
 
 
 def read_listing(name):
@@ -32,7 +33,7 @@ def test_all_six_configs_present():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_meta_build_matches_official_state_dict(name):
     expected, n_tensors, n_params = read_listing(name)
-    config = HNetConfig.from_json(OFFICIAL / "configs" / f"{name}.json")
+    config = HNetConfig.from_json(OFFICIAL_CONFIGS / f"{name}.json")
     model = HNetForCausalLM(config, device="meta", dtype=torch.bfloat16)
     state = model.state_dict()
     assert list(state) == list(expected), "keys or their order differ"

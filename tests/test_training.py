@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import yaml
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM, from_pretrained, parameter_groups
 from dynamic_chunker.cli import main
+from dynamic_chunker.config import OFFICIAL_CONFIGS
 from dynamic_chunker.data import Document, Source, prepare_corpus
 from dynamic_chunker.errors import ConfigError
 from dynamic_chunker.training import load_config, paper_lr_multipliers, train
@@ -25,7 +28,7 @@ from dynamic_chunker.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-OFFICIAL = ROOT / "tests" / "fixtures" / "official" / "configs"
+OFFICIAL = OFFICIAL_CONFIGS
 
 WORDS = (
     "the a model learns to split bytes into chunks of words and the routing module finds boundaries where "
@@ -170,7 +173,7 @@ def test_overrides_and_yaml_numbers(tmp_path, corpus):
         ({"optimizer": {"lr": 1e-3, "lr_multipliers": "paper"}}, ConfigError, "optimizer.lr_multipliers must be"),
         ({"schedule": {"warmup": 0.9, "decay": 0.2}}, ValueError, "warmup + decay <= 1"),
         ({"train": {"steps": 6, "batch_size": 4, "dtype": "fp16"}}, ValueError, "train.dtype must be one of"),
-        ({"model": "no/such/model.json"}, FileNotFoundError, "model config no/such/model.json not found"),
+        ({"model": "no/such/model.json"}, FileNotFoundError, "no/such/model.json not found"),
         ({"model": {"arch_layout": ["m1"], "d_model": [32, 48]}}, ValueError, "model (inline): d_model has 2"),
         (
             {"train": {"steps": 6, "batch_size": 4, "gradient_checkpointing": [2]}},
@@ -263,6 +266,7 @@ def test_targets_that_start_a_document_are_ignored():
 # ------------------------------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(tmp_path, corpus):
     config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 12}, eval={"every": 0}))
     result = train(config, progress=False)
@@ -273,6 +277,7 @@ def test_training_lowers_the_loss(tmp_path, corpus):
     assert all(row["lr"] > 0 for row in result.history)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_trains_identically(tmp_path, corpus, monkeypatch):
     import dynamic_chunker.layers.stack as stack
 
@@ -315,7 +320,8 @@ def test_two_stage_training_runs_and_writes_every_output(tmp_path, corpus, capsy
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     train_rows, eval_rows = read_csv(out / "train.csv"), read_csv(out / "eval.csv")
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4] and [r["step"] for r in eval_rows] == [0, 3, 4]
-    assert {"compression_0", "compression_1", "bytes_per_chunk_1", "val_space_precision"} <= set(train_rows[0]) | set(
+    expected = {"compression_0", "compression_1", "bytes_per_chunk_1", "val_precision_after_whitespace_0"}
+    assert expected | {"val_precision_bpe_1", "val_recall_words_1", "val_enrichment_1"} <= set(train_rows[0]) | set(
         eval_rows[0]
     )
     # bytes per chunk of stage 1 = stage-0 compression x stage-1 compression
@@ -341,10 +347,27 @@ def test_bf16_autocast_trains(tmp_path, corpus):
     assert fp32.compute_dtype == torch.float32  # auto on a CPU
 
 
-@pytest.mark.parametrize("two_stage, grad_accum", [(False, 1), (True, 2)])
-def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, corpus, two_stage, grad_accum):
+WARM_2STAGE = {"stages": [{"target": "words", "until": 0.8}, {"target": "bpe", "weight": 0.5, "until": 0.8}]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "two_stage, grad_accum, warm_start", [(False, 1, {}), (True, 2, {}), (True, 1, WARM_2STAGE)]
+)
+def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(
+    tmp_path, corpus, two_stage, grad_accum, warm_start
+):
+    # with the warm start, the checkpoint (step 3) and the kill (step 5) fall inside it (it ends at step 4.8 of 6)
     def config(out: str):
-        return config_from_dict(tiny_config(corpus, tmp_path / out, two_stage, train={"grad_accum": grad_accum}))
+        return config_from_dict(
+            tiny_config(
+                corpus,
+                tmp_path / out,
+                two_stage,
+                train={"grad_accum": grad_accum},
+                warm_start={**warm_start, "bpe_vocab_size": 300},
+            )
+        )
 
     reference = train(config("whole"), progress=False)
 
@@ -370,12 +393,16 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, co
     assert strip(read_csv(tmp_path / "parts" / "train.csv")) == strip(read_csv(tmp_path / "whole" / "train.csv"))
     assert read_csv(tmp_path / "parts" / "eval.csv") == read_csv(tmp_path / "whole" / "eval.csv")
     assert strip(resumed.history) == strip(reference.history[3:])  # bit for bit, not approximately
+    if warm_start:
+        expected = [0.5 * (1 - k / 6 / 0.8) for k in (3, 4)] + [0]  # progress k / 6 at step k + 1
+        assert [r["warm_start_weight_1"] for r in resumed.history] == pytest.approx(expected)
     whole = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
     parts = load_checkpoint(tmp_path / "parts" / "checkpoint.pt")
     assert all(torch.equal(v, parts["model"][k]) for k, v in whole["model"].items())
     assert whole["step"] == parts["step"] == 6
 
 
+@pytest.mark.slow
 def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_path, corpus):
     config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 2}))
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
@@ -393,6 +420,7 @@ def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_pa
     assert train(control, resume=True, progress=False).step == 2
 
 
+@pytest.mark.slow
 def test_time_budget_ends_training_and_completes_the_schedule(tmp_path, corpus, monkeypatch):
     import dynamic_chunker.training.trainer as trainer_module
 
@@ -475,3 +503,104 @@ def test_cli_overrides_may_follow_options(monkeypatch):
         cli.main(["train", "c.yaml", "--bogus"])
     with pytest.raises(SystemExit):
         cli.main(["generate", "--model", "m", "--prompt", "p", "a=b"])
+
+
+def test_yaml_paths_resolve_from_the_yaml_folder_and_official_names(tmp_path, corpus, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    data = tiny_config(corpus, tmp_path / "run")
+    (folder / "model.json").write_text(json.dumps(data["model"]))
+    data["model"] = "model.json"
+    data["data"]["corpus"] = os.path.relpath(corpus, folder)
+    path = write_yaml(folder / "c.yaml", data)
+    monkeypatch.chdir(tmp_path.parent)  # the current folder plays no part
+    config = load_config(path)
+    assert Path(config.model) == folder / "model.json" and Path(config.data.corpus) == Path(corpus)
+    assert config.model_config() == HNetConfig.from_dict(json.loads((folder / "model.json").read_text()))
+    overridden = load_config(path, [f"data.corpus={os.path.relpath(corpus)}"])  # overrides: from the current folder
+    assert Path(overridden.data.corpus) == Path(os.path.relpath(corpus))
+    official = load_config(CONFIGS / "hnet_2stage_XL.yaml")
+    assert official.model == "official:hnet_2stage_XL"
+    assert official.model_config() == HNetConfig.official("hnet_2stage_XL")
+    with pytest.raises(FileNotFoundError, match="released models are"):
+        load_config(path, ["model=official:nope"]).model_config()
+
+
+# ------------------------------------------------------------------------------------------ warm start
+
+
+def test_warm_start_loss_matches_float64_binary_cross_entropy():
+    from dynamic_chunker.training.objective import WARM_START_EPS, warm_start_loss
+
+    prob = torch.tensor([[1.0, 0.9, 0.2, 0.0, 0.5], [1.0, 0.3, 0.7, 1.0, 0.05]], requires_grad=True)
+    targets = torch.tensor([[1, 1, 0, 1, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
+    counted = torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 1, 0]], dtype=torch.bool)  # row starts forced, one padded
+    loss = warm_start_loss(prob, targets, counted)
+    expected, terms = 0.0, 0
+    flat = [x.detach().double().flatten().tolist() for x in (prob, targets, counted)]
+    for p, t, c in zip(*flat):
+        if c:
+            q = WARM_START_EPS + (1 - 2 * WARM_START_EPS) * p
+            expected -= math.log(q) if t else math.log(1 - q)
+            terms += 1
+    assert loss.item() == pytest.approx(expected / terms, rel=1e-6)
+    loss.backward()
+    assert prob.grad[0, 3] < 0 and prob.grad[1, 3] > 0  # p = 0 and p = 1 still get a gradient toward the target
+    assert prob.grad[0, 0] == 0 and prob.grad[1, 4] == 0  # forced and padded positions get none
+
+
+def test_warm_start_config_is_validated(tmp_path, corpus):
+    def make(**warm):
+        return config_from_dict(tiny_config(corpus, tmp_path / "run", warm_start=warm))
+
+    assert make().warm_start_targets() == ["none"]  # off by default
+    assert make(stages=[{"target": "words"}]).warm_start.stages[0].until == 0.3
+    for stages, message in [
+        ([{"target": "letters"}], "target must be one of after_whitespace, words, bpe, none"),
+        ([{"target": "words", "weight": -1}], "weight must be >= 0"),
+        ([{"target": "words", "until": 0}], r"until is a fraction of training in \(0, 1\]"),
+        ([{"target": "words", "until": 1.5}], r"until is a fraction"),
+        ([{"target": "words"}, {"target": "none"}], "one entry per chunking stage"),
+        ([{"target": "words", "colour": 1}], "unknown key"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make(stages=stages)
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        make(stages=[{"target": "bpe"}], bpe_vocab_size=0)
+
+
+def test_warm_start_weight_reaches_zero_then_the_objective_is_the_papers(tmp_path, corpus):
+    warm = {"stages": [{"target": "words", "weight": 2.0, "until": 0.5}], "bpe_vocab_size": 0}
+    result = train(config_from_dict(tiny_config(corpus, tmp_path / "warm", warm_start=warm)), progress=False)
+    weights = [r["warm_start_weight_0"] for r in result.history]
+    assert weights == pytest.approx([2.0, 2.0 * 2 / 3, 2.0 / 3, 0.0, 0.0, 0.0])  # progress k/6 at step k + 1
+    for row in result.history:
+        plain = row["ce"] + 0.03 * row["ratio_loss_0"]
+        warm_term = row["warm_start_weight_0"] * row["warm_start_loss_0"]
+        assert row["loss"] == pytest.approx(plain + warm_term, rel=1e-12)
+        assert (row["loss"] == plain) == (row["warm_start_weight_0"] == 0)
+    assert (tmp_path / "warm" / "curves.png").exists()
+
+    # the same state and batch: identical gradients to a run without warm start once the weight is 0, not before
+    def gradients(config: dict, step: int) -> list[torch.Tensor]:
+        trainer = Trainer(config_from_dict(config), Runtime())
+        trainer.step = step
+        trainer.accumulate_gradients(next(trainer.batches()))
+        return [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+
+    plain_config = tiny_config(corpus, tmp_path / "plain", warm_start={"bpe_vocab_size": 0})
+    warm_config = tiny_config(corpus, tmp_path / "warm2", warm_start=warm)
+    assert all(torch.equal(a, b) for a, b in zip(gradients(warm_config, 3), gradients(plain_config, 3), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(gradients(warm_config, 0), gradients(plain_config, 0)))
+
+
+def test_word_warm_start_pulls_boundaries_to_word_starts(tmp_path, corpus):
+    warm = {"stages": [{"target": "words", "weight": 1.0, "until": 1.0}], "bpe_vocab_size": 0}
+    sections = {"train": {"steps": 30}, "eval": {"every": 0, "windows": 8, "batch_size": 4}, "optimizer": {"lr": 1e-2}}
+    runs = {
+        name: train(config_from_dict(tiny_config(corpus, tmp_path / name, warm_start=w, **sections)), progress=False)
+        for name, w in (("warm", warm), ("plain", {"bpe_vocab_size": 0}))
+    }
+    warm_row, plain_row = runs["warm"].evals[-1], runs["plain"].evals[-1]
+    assert warm_row["val_precision_words_0"] > 0.8 > plain_row["val_precision_words_0"]
+    assert runs["warm"].history[-1]["warm_start_loss_0"] < runs["warm"].history[0]["warm_start_loss_0"] / 2

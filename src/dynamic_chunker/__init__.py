@@ -3,8 +3,10 @@
 from .checkpoints import from_pretrained
 from .chunking import RoutingOutput, ratio_loss
 from .config import HNetConfig
-from .model import BoundaryOutput, HNet, HNetForCausalLM, HNetOutput, InferenceCache, StepOutput, parameter_groups
+from .inference import InferenceCache, StepOutput
+from .model import BoundaryOutput, HNet, HNetForCausalLM, HNetOutput
 from .segmentation import Chunk, HNetChunker, chunk_text
+from .training.optim import parameter_groups
 
 __all__ = [
     "BoundaryOutput",

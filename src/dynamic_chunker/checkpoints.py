@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections import defaultdict
@@ -21,15 +20,15 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from .config import HNetConfig
+from .config import OFFICIAL_CONFIGS, HNetConfig
 from .errors import InvalidArgument, OutputFolderError, UserError
+from .files import atomic_write
 from .model import HNetForCausalLM
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-OFFICIAL_CONFIGS = Path(__file__).parent / "official_configs"
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -263,19 +262,6 @@ def from_pretrained(
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _replace_atomically(path: Path, write) -> None:
-    """Write through a temporary file, so that an interrupted save never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.chmod(tmp, 0o644)  # safetensors creates owner-only files; model files are meant to be shared
-    os.replace(tmp, path)
-
-
-def _save_pt(state: dict[str, torch.Tensor], path: Path) -> None:
-    with open(path, "wb") as f:  # through a Python file, a full disk raises OSError (ENOSPC), not a RuntimeError
-        torch.save(state, f)
-
-
 def save_pretrained(model: HNetForCausalLM, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (tensors in the model's dtypes) to ``directory``."""
     directory = Path(directory)
@@ -283,8 +269,8 @@ def save_pretrained(model: HNetForCausalLM, directory: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")  # the same tensor as embeddings.weight; restored on loading
-    _replace_atomically(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    _replace_atomically(directory / CONFIG_NAME, model.config.to_json)
+    atomic_write(directory / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, model.config.to_json())
     return directory
 
 
@@ -314,7 +300,7 @@ def convert(
     model = build_model(config, state, weights, dtype or (stored.dtype if stored is not None else None))
     if is_pt:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(destination, lambda p: _save_pt(model.state_dict(), p))
-        _replace_atomically(targets[1], model.config.to_json)  # so that the .pt converts and loads back
+        atomic_write(destination, lambda f: torch.save(model.state_dict(), f))
+        atomic_write(targets[1], model.config.to_json())  # so that the .pt converts and loads back
         return destination
     return save_pretrained(model, destination)

@@ -21,6 +21,8 @@ EMA_CLAMP = 1e-4  # P = clamp(p, 1e-4, 1 - 1e-4) inside the dechunk EMA, as in t
 # Tiles and head width of the EMA when it runs through the optional SSD kernel (the official code's choice).
 EMA_KERNEL_CHUNK = 256
 EMA_KERNEL_HEAD_DIM = 32
+# SpaceByte's space-like bytes: everything but ASCII letters and digits and the bytes of multi-byte UTF-8 characters
+SPACE_LIKE = torch.tensor([not (chr(b).isascii() and chr(b).isalnum()) and b < 0x80 for b in range(256)])
 
 
 @dataclass
@@ -37,10 +39,13 @@ class RoutingModule(nn.Module):
     """Boundary probability from the cosine similarity of adjacent encoder outputs (paper eq. 4).
 
     As in the official code (and the released weights) q projects the *previous* vector and k the current one.
+    ``rule`` other than ``learned`` fixes the boundaries instead (baselines; see :func:`fixed_boundaries`): then
+    p is 1 at a boundary and 0 elsewhere, so the decisions carry no gradient and the dechunk EMA barely smooths.
     """
 
-    def __init__(self, d_model: int, device=None, dtype=None):
+    def __init__(self, d_model: int, rule: str = "learned", device=None, dtype=None):
         super().__init__()
+        self.rule = rule
         self.q_proj_layer = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)
         self.k_proj_layer = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)
         self.reset_parameters()
@@ -50,8 +55,20 @@ class RoutingModule(nn.Module):
         for layer in (self.q_proj_layer, self.k_proj_layer):
             layer.weight.copy_(torch.eye(layer.weight.shape[0]))
 
-    def forward(self, hidden: torch.Tensor, segments: Segments, state: RoutingState | None = None) -> RoutingOutput:
-        """Routing of a (B, L, D) batch; with ``state``, also remember each row's last valid vector for decoding."""
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        segments: Segments,
+        state: RoutingState | None = None,
+        input_ids: torch.Tensor | None = None,
+    ) -> RoutingOutput:
+        """Routing of a (B, L, D) batch; with ``state``, also remember each row's last valid vector for decoding.
+        ``input_ids`` (B, L): the bytes, needed by the ``space`` rule only."""
+        if self.rule != "learned":
+            decided = fixed_boundaries(self.rule, segments, *hidden.shape[:2], hidden.device, input_ids)
+            p = decided.to(hidden.dtype)
+            boundary = decided if segments.mask is None else decided & segments.mask
+            return RoutingOutput(p, boundary, torch.ones_like(p), segments.mask)
         if state is not None:
             last = valid_lengths(segments, *hidden.shape[:2], hidden.device) - 1
             state.previous.copy_(hidden.detach()[torch.arange(hidden.shape[0], device=hidden.device), last])
@@ -76,6 +93,8 @@ class RoutingModule(nn.Module):
 
     def step(self, hidden: torch.Tensor, state: RoutingState, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(p, b) for one new vector per row of ``rows``: hidden (k, D) -> two (k,) tensors; p = 1 on a row's first."""
+        if self.rule != "learned":
+            raise NotImplementedError(f"cached decoding is not implemented for the fixed boundary rule {self.rule!r}")
         q = F.normalize(self.q_proj_layer(state.previous[rows].to(hidden.dtype)), dim=-1)
         k = F.normalize(self.k_proj_layer(hidden), dim=-1)
         p = torch.clamp((1 - (q * k).sum(dim=-1)) / 2, min=0.0, max=1.0)
@@ -83,6 +102,30 @@ class RoutingModule(nn.Module):
         state.previous[rows] = hidden.to(state.previous.dtype)
         state.seen[rows] = True
         return p, p > 0.5
+
+
+def fixed_boundaries(
+    rule: str, segments: Segments, batch: int, length: int, device: torch.device, input_ids: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, L) bool chunk starts of a fixed rule; every row and document starts a chunk.
+
+    ``space``: a chunk starts at each byte that is not space-like but follows a space-like byte (SpaceByte's rule:
+    a word and the spaces or punctuation after it form one chunk). ``pool:N``: every N positions of each document.
+    """
+    if rule == "space":
+        if input_ids is None:
+            raise ValueError("the space boundary rule needs the byte ids (it applies to stage 0 only)")
+        space = SPACE_LIKE.to(device)[input_ids.long()]
+        decided = F.pad(space[:, :-1] & ~space[:, 1:], (1, 0), value=True)
+    elif rule.startswith("pool:"):
+        index = torch.arange(length, device=device).expand(batch, length)
+        first = torch.zeros_like(index)
+        if segments.starts is not None:  # position of each document's first element
+            first = torch.where(segments.starts, index, first).cummax(dim=1).values
+        decided = (index - first) % int(rule[5:]) == 0
+    else:
+        raise ValueError(f"unknown boundary rule {rule!r}: use learned, space or pool:N")
+    return decided if segments.starts is None else decided | segments.starts
 
 
 @dataclass

@@ -308,6 +308,7 @@ def add_generate_parser(sub) -> None:
 def cmd_boundaries(args: argparse.Namespace) -> int:
     from .checkpoints import from_pretrained
     from .evaluation.boundaries import find_boundaries, forced_starts, mark_boundaries, score_boundaries, score_table
+    from .evaluation.targets import BPE_FILE
 
     sources = [args.text is not None, args.file is not None, args.corpus is not None]
     require(sum(sources) == 1, "give exactly one of --text, --file or --corpus")
@@ -320,14 +321,22 @@ def cmd_boundaries(args: argparse.Namespace) -> int:
         with open(args.file, "rb") as file:
             data = file.read(args.max_bytes)  # no need to read more of a large file than is chunked
     else:
+        from .config import BOS
         from .data import PreparedCorpus
-        from .data.corpus import BOS
 
         split = PreparedCorpus(args.corpus).split("val")
         data = bytes(split.data[: args.max_bytes]).replace(bytes([BOS]), b"\n")  # documents joined by newlines
     data = data[: args.max_bytes]
     require(bool(data), "the text to chunk is empty")
     model = from_pretrained(args.model, config=args.config, dtype=args.dtype, device=args.device).eval()
+    tokenizer = None
+    bpe = Path(args.bpe) if args.bpe else Path(args.model) / BPE_FILE
+    if args.bpe or bpe.is_file():
+        from tokenizers import Tokenizer
+
+        if not bpe.is_file():
+            raise FileNotFoundError(f"--bpe {bpe}: no such tokenizer file")
+        tokenizer = Tokenizer.from_file(str(bpe))
     starts = find_boundaries(model, data, window=args.window)
     forced = forced_starts(len(data), args.window)
     for stage, stage_starts in enumerate(starts):
@@ -335,8 +344,8 @@ def cmd_boundaries(args: argparse.Namespace) -> int:
         print(
             f"stage {stage}: {chunks:,} chunks over {len(data):,} bytes ({len(data) / max(chunks, 1):.2f} bytes/chunk)"
         )
-        if stage == 0:
-            print(score_table(score_boundaries(data, stage_starts, exclude=forced)))
+        candidates = starts[stage - 1] if stage else None  # stage s chooses among stage s-1's chunk starts
+        print(score_table(score_boundaries(data, stage_starts, forced, candidates, tokenizer)))
         if args.show:
             print(mark_boundaries(data[: args.show], stage_starts[: args.show], marker=args.marker))
         print()
@@ -348,8 +357,9 @@ def add_boundaries_parser(sub) -> None:
         "boundaries",
         help="show where a model puts its chunk boundaries, and score them against word starts",
         description="Run the encoders and routers of a model over a text and print every stage's chunks, the text with "
-        "a marker before each chunk, and (stage 0) precision/recall of the boundaries against positions that follow "
-        "whitespace, the whitespace itself and starts of alphanumeric runs. Text is cut into independent windows.",
+        "a marker before each chunk, and per stage precision/recall of the boundaries against positions that follow "
+        "whitespace, the whitespace itself, word starts and (with a tokenizer) BPE token starts. Text is cut into "
+        "independent windows.",
     )
     add_model_arguments(p)
     p.add_argument("--text", help="text to chunk")
@@ -359,6 +369,10 @@ def add_boundaries_parser(sub) -> None:
     p.add_argument("--window", type=int, default=8192, help="bytes per independent window (default 8192)")
     p.add_argument("--show", type=int, default=600, help="print the first SHOW bytes with boundaries marked (0: none)")
     p.add_argument("--marker", default="|", help="marker printed before each chunk (default |)")
+    p.add_argument(
+        "--bpe",
+        help="BPE tokenizer JSON for the bpe reference (default: the model folder's bpe_tokenizer.json, if any)",
+    )
     p.set_defaults(func=cmd_boundaries)
 
 
@@ -385,6 +399,168 @@ def add_convert_parser(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="convert weights (default: keep)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     p.set_defaults(func=cmd_convert)
+
+
+# ------------------------------------------------------------------------------------------------------- eval, bench
+def cmd_eval(args: argparse.Namespace) -> int:
+    """hnet eval bpb|tasks|robustness: results printed and written to --out (default MODEL/eval) as JSON + markdown."""
+    from .evaluation import bits_per_byte, load_lm
+    from .evaluation.report import write_report
+
+    model_dir = Path(args.model)
+    out = Path(args.out) if args.out else (model_dir if model_dir.is_dir() else model_dir.parent) / "eval"
+    lm = load_lm(args.model, device=args.device)
+    meta = {"model": str(args.model), "model_type": type(lm).__name__}
+    progress = not args.no_progress
+    if args.eval_command == "bpb":
+        sources = [args.text is not None, args.file is not None, args.corpus is not None]
+        require(sum(sources) == 1, "give exactly one of --corpus, --file or --text")
+        if args.corpus is not None:
+            from .data import PreparedCorpus
+
+            source, where = PreparedCorpus(args.corpus).split(args.split), f"{args.corpus} ({args.split})"
+        elif args.file is not None:
+            source, where = Path(args.file), args.file
+        else:
+            source, where = args.text, "--text"
+        result = bits_per_byte(lm, source, args.window, args.batch_size, args.max_windows, progress)
+        sections, title = {"bits per byte": {where: result.to_dict()}}, "Bits per byte"
+    elif args.eval_command == "tasks":
+        from .evaluation.tasks import evaluate_tasks
+
+        results = evaluate_tasks(lm, args.tasks, args.limit, args.batch_size, progress)
+        sections, title = {"zero-shot": results}, "Zero-shot tasks"
+        meta["limit"] = args.limit
+    else:
+        from .evaluation.robustness import evaluate_robustness
+
+        results = evaluate_robustness(lm, args.limit, args.seed, args.perturbations, args.batch_size, None, progress)
+        sections, title = {"HellaSwag under noise": results}, "Robustness (noised HellaSwag)"
+        meta.update(limit=args.limit, seed=args.seed)
+    path = write_report(out, args.eval_command, title, sections, meta)
+    print(path.read_text())
+    print(f"written to {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def add_eval_parser(sub) -> None:
+    """``hnet eval``: a parent for the evaluations, each its own subcommand."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model (bits per byte, zero-shot tasks, robustness to character noise) or chunkers (retrieval)",
+        description="Evaluate a model folder (byte models, or a token model with tokenizer.json beside it): bpb, tasks "
+        "and robustness print results and write NAME.json and NAME.md to --out (default: MODEL/eval). `hnet eval "
+        "retrieval` scores chunkers for retrieval (RAG) against common baselines.",
+    )
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+    add_eval_bpb_parser(eval_sub)
+    add_eval_tasks_parser(eval_sub)
+    add_eval_robustness_parser(eval_sub)
+    add_eval_retrieval_parser(eval_sub)
+
+
+def add_eval_model_arguments(q: argparse.ArgumentParser) -> None:
+    """What every model evaluation (bpb, tasks, robustness) takes."""
+    q.add_argument("model", help="model folder (config.json + model.safetensors), checkpoint file or Hub id")
+    q.add_argument("--out", help="folder for the results (default: MODEL/eval)")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_eval)
+
+
+def add_eval_bpb_parser(eval_sub) -> None:
+    q = eval_sub.add_parser(
+        "bpb",
+        help="bits per byte over a corpus split, a file or a text",
+        description="Documents are packed into windows of --window ids with per-document resets; a token model's "
+        "summed NLL is divided by the UTF-8 bytes of the same text.",
+    )
+    add_eval_model_arguments(q)
+    q.add_argument("--corpus", help="prepared corpus folder (hnet data prepare)")
+    q.add_argument("--split", default="val", help="corpus split (default val)")
+    q.add_argument("--file", help="a text file (one document)")
+    q.add_argument("--text", help="a string (one document)")
+    q.add_argument("--window", type=int, default=8192, help="ids per window (default 8192)")
+    q.add_argument("--max-windows", type=int, help="score only this many windows, spread evenly over the text")
+
+
+def add_eval_tasks_parser(eval_sub) -> None:
+    from .evaluation.tasks import TASKS
+
+    q = eval_sub.add_parser(
+        "tasks",
+        help="zero-shot multiple choice (acc, acc_norm) and LAMBADA, the lm-evaluation-harness way",
+        description="Tasks: " + ", ".join(TASKS) + ". acc_norm divides each choice's log-likelihood by its length "
+        "in characters.",
+    )
+    add_eval_model_arguments(q)
+    q.add_argument("--tasks", nargs="+", choices=list(TASKS), metavar="TASK", help="tasks to run (default: all)")
+    q.add_argument("--limit", type=int, help="only the first LIMIT items of each task (quick runs)")
+
+
+def add_eval_robustness_parser(eval_sub) -> None:
+    from .evaluation.perturb import PERTURBATIONS
+
+    q = eval_sub.add_parser(
+        "robustness",
+        help="HellaSwag under the BLT paper's character noise, with robustness scores",
+        description="Perturbations: " + ", ".join(PERTURBATIONS) + ". Robustness = 100 * (perturbed acc_norm - "
+        "0.25) / (clean acc_norm - 0.25).",
+    )
+    add_eval_model_arguments(q)
+    q.add_argument("--limit", type=int, help="only the first LIMIT HellaSwag items")
+    q.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    q.add_argument("--perturbations", nargs="+", choices=list(PERTURBATIONS), help="default: all five")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_suite
+
+    for path in run_suite(args.suite, only=args.only, progress=not args.no_progress):
+        print(path.read_text())
+        print(f"written to {path} (+ .json and the _bpb / _compression plots)")
+    return 0
+
+
+def add_bench_parser(sub) -> None:
+    """``hnet bench SUITE.yaml``."""
+    p = sub.add_parser(
+        "bench",
+        help="train and evaluate every model of a suite under one budget; markdown table and plots",
+        description="Every model sees the same training bytes; models with match_flops get the width whose FLOPs per "
+        "byte match the reference model's. Finished models are loaded, interrupted ones resumed, so rerunning the "
+        "same command continues a suite. See benchmarks/suites/*.yaml.",
+    )
+    p.add_argument("suite", help="suite YAML, e.g. benchmarks/suites/paper_small.yaml")
+    p.add_argument(
+        "--only", nargs="+", metavar="ID", help="run only these model ids (the table lists all finished ones)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from .evaluation.retrieval_benchmark import run
+
+    return run(args)
+
+
+def add_eval_retrieval_parser(eval_sub) -> None:
+    """``hnet eval retrieval``: chunkers scored on question-answering retrieval (needs the ``rag`` extra)."""
+    from .evaluation.retrieval_benchmark import add_arguments
+
+    p = eval_sub.add_parser(
+        "retrieval",
+        help="score chunkers for retrieval (RAG) on SQuAD questions against common baselines",
+        description="Chunk SQuAD articles (or your own SQuAD-form JSON), embed the chunks with a sentence-transformers "
+        "model (cached on disk), retrieve the top-k chunks for each question from one pool and score recall, "
+        "precision, IoU and hit of the answer characters, with standard errors; baselines (fixed-size, LangChain, "
+        "semchunk, chonkie) are calibrated to target mean chunk lengths. Needs pip install -e '.[rag]'; set "
+        "HF_HUB_OFFLINE=1 to stay offline.",
+    )
+    add_arguments(p, "retrieval")
+    p.set_defaults(func=cmd_eval_retrieval)
 
 
 # ----------------------------------------------------------------------------------------------------------- chunk
@@ -466,39 +642,6 @@ def add_chunk_parser(sub) -> None:
     p.add_argument("--stream", action="store_true", help="read a large file block by block (bounded memory; byte "
                    "offsets, --chunk-size in bytes)")
     p.set_defaults(func=run)
-# ------------------------------------------------------------------------------------------------------------ eval
-def add_eval_parser(sub) -> None:
-    """``hnet eval``: a parent for the evaluations, each its own subcommand."""
-    p = sub.add_parser(
-        "eval",
-        help="evaluate chunkers and models (`hnet eval retrieval`)",
-        description="Evaluations, one subcommand each: `hnet eval retrieval` scores chunkers for retrieval (RAG).",
-    )
-    eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
-    add_eval_retrieval_parser(eval_sub)
-
-
-def cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from .evaluation.retrieval_benchmark import run
-
-    return run(args)
-
-
-def add_eval_retrieval_parser(eval_sub) -> None:
-    """``hnet eval retrieval``: chunkers scored on question-answering retrieval (needs the ``rag`` extra)."""
-    from .evaluation.retrieval_benchmark import add_arguments
-
-    p = eval_sub.add_parser(
-        "retrieval",
-        help="score chunkers for retrieval (RAG) on SQuAD questions against common baselines",
-        description="Chunk SQuAD articles (or your own SQuAD-form JSON), embed the chunks with a sentence-transformers "
-        "model (cached on disk), retrieve the top-k chunks for each question from one pool and score recall, "
-        "precision, IoU and hit of the answer characters, with standard errors; baselines (fixed-size, LangChain, "
-        "semchunk, chonkie) are calibrated to target mean chunk lengths. Needs pip install -e '.[rag]'; set "
-        "HF_HUB_OFFLINE=1 to stay offline.",
-    )
-    add_arguments(p, "retrieval")
-    p.set_defaults(func=cmd_eval_retrieval)
 
 
 # ------------------------------------------------------------------------------------------------------------ main
@@ -512,6 +655,7 @@ SUBCOMMANDS = (
     add_convert_parser,
     add_chunk_parser,
     add_eval_parser,
+    add_bench_parser,
 )
 
 

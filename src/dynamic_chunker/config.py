@@ -18,6 +18,10 @@ from typing import Any
 
 from .errors import ConfigError
 
+BOS = 254  # byte that starts every document (corpora) and every prompt (generation); never in UTF-8 text
+EOS = 255  # byte that ends a generated sequence; never in UTF-8 text either
+OFFICIAL_CONFIGS = Path(__file__).parent / "official_configs"  # the released models' configs, shipped with the package
+
 _TOKEN = re.compile(r"([mMtT])(\d+)")
 
 
@@ -71,6 +75,10 @@ class HNetConfig:
     ssm_cfg: SSMConfig = field(default_factory=SSMConfig)
     attn_cfg: AttnConfig = field(default_factory=AttnConfig)
     tie_embeddings: bool = False
+    # How each chunking stage (outermost first) places its boundaries: "learned" (the router), "space" (stage 0 only:
+    # a chunk starts at every byte that follows a space-like byte) or "pool:N" (every N positions). Empty = all
+    # learned. Not part of the official schema: left out of the JSON when empty.
+    boundary_rule: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.ssm_cfg, dict):
@@ -90,14 +98,20 @@ class HNetConfig:
         return _build(cls, data, "config")
 
     @classmethod
+    def official(cls, name: str) -> HNetConfig:
+        """The config of a released model, e.g. ``HNetConfig.official("hnet_2stage_XL")``."""
+        path = OFFICIAL_CONFIGS / f"{name}.json"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in OFFICIAL_CONFIGS.glob("*.json")))
+            raise FileNotFoundError(f"no official config {name!r}; the released models are {names}")
+        return cls.from_json(path)
+
+    @classmethod
     def from_json(cls, path: str | Path) -> HNetConfig:
+        from .files import read_document
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from None
+        data = read_document(path, json.loads, "config file", "JSON", (json.JSONDecodeError,), ConfigError)
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
@@ -107,12 +121,16 @@ class HNetConfig:
         data = dataclasses.asdict(self)
         if data["ssm_cfg"]["headdim"] == 64:  # keep files identical to the official schema
             data["ssm_cfg"].pop("headdim")
+        if not data["boundary_rule"]:
+            data.pop("boundary_rule")
         return data
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            from .files import atomic_write
+
+            atomic_write(path, text)
         return text
 
     # ------------------------------------------------------------ structure
@@ -133,6 +151,10 @@ class HNetConfig:
         if len(layout) == 1:
             return {"main": parse_layout(layout[0])}
         return {"encoder": parse_layout(layout[0]), "decoder": parse_layout(layout[2])}
+
+    def rule(self, stage: int) -> str:
+        """The boundary rule of chunking stage ``stage``: learned, space or pool:N."""
+        return self.boundary_rule[stage] if self.boundary_rule else "learned"
 
     def mlp_width(self, stage: int) -> int:
         """SwiGLU hidden width, rounded up to a multiple of 128 as the official MLP does."""
@@ -156,7 +178,9 @@ class HNetConfig:
                 raise ValueError(f"attn_cfg.{name} has {len(values)} entries but arch_layout has {n} stages")
         if not isinstance(self.tie_embeddings, bool):
             raise TypeError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
-        if self.vocab_size != 256:
+        if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive integer, got {self.vocab_size!r}")
+        if self.vocab_size != 256 and n > 1:  # token models (the BPE baseline) are isotropic
             raise ValueError(f"vocab_size must be 256 for a byte-level H-Net, got {self.vocab_size}")
         for s in range(1, n):
             if self.d_model[s] < self.d_model[s - 1]:
@@ -164,6 +188,7 @@ class HNetConfig:
                     f"d_model must not shrink from one stage to the next, got {self.d_model} "
                     f"(stage {s} is narrower than stage {s - 1})"
                 )
+        self._validate_boundary_rule(n - 1)
         ssm = self.ssm_cfg
         for name in ("d_conv", "expand", "d_state", "chunk_size", "headdim"):
             value = getattr(ssm, name)
@@ -198,6 +223,20 @@ class HNetConfig:
                     f"stage {s}: upper-case layers (M, T) have an MLP, so d_intermediate[{s}] must be "
                     f"positive, got {self.d_intermediate[s]}"
                 )
+
+
+    def _validate_boundary_rule(self, chunking_stages: int) -> None:
+        rules = self.boundary_rule
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            raise TypeError(f"boundary_rule must be a list of strings such as ['space'], got {rules!r}")
+        if rules and len(rules) != chunking_stages:
+            raise ValueError(f"boundary_rule needs one rule per chunking stage ({chunking_stages}), got {rules}")
+        for s, rule in enumerate(rules):
+            ok = rule in ("learned", "space") or bool(re.fullmatch(r"pool:[1-9]\d*", rule))
+            if not ok:
+                raise ValueError(f"boundary_rule[{s}] must be learned, space or pool:N (N >= 1), got {rule!r}")
+            if rule == "space" and s > 0:
+                raise ValueError(f"boundary_rule[{s}]: the space rule reads bytes, so it applies to stage 0 only")
 
 
 def _layout_depth(layout: Any) -> int:

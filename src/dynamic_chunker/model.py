@@ -17,41 +17,15 @@ from .chunking import (
     DeChunkLayer,
     RoutingModule,
     RoutingOutput,
-    RoutingState,
+    chunk_order,
     ratio_loss,
     straight_through,
 )
 from .config import HNetConfig
+from .inference import InferenceCache, StageCache, StepOutput
 from .layers.precision import compute_dtype, upcast
 from .layers.segments import Segments
 from .layers.stack import Isotropic
-
-
-@dataclass
-class StageCache:
-    """Decoding state of one stage, mirroring :class:`HNet`. Parts a stage does not have are None."""
-
-    main: StageCache | list | None = None  # the next stage's cache, or the innermost stack's layer caches
-    encoder: list | None = None
-    decoder: list | None = None
-    routing: RoutingState | None = None
-    dechunk: torch.Tensor | None = None  # (B, D) last smoothed chunk vector
-
-
-@dataclass
-class InferenceCache:
-    """Decoding state of a whole model: ``batch_size`` rows of at most ``max_seqlen`` bytes each (prompt + new)."""
-
-    batch_size: int
-    max_seqlen: int
-    stages: StageCache
-    seqlen_offset: int = 0  # bytes processed by the longest row: padded prefill length + steps
-
-
-@dataclass
-class StepOutput:
-    logits: torch.Tensor  # (B, 256) next-byte logits after the new byte
-    boundary_mask: torch.Tensor  # (B, chunking stages) long: 1 / 0 = chunk starts here or not; -1 = stage did not run
 
 
 class HNet(nn.Module):
@@ -92,7 +66,7 @@ class HNet(nn.Module):
         self.encoder = stack(stacks["encoder"])
         self.main_network = HNet(config, stage + 1, **factory)
         self.decoder = stack(stacks["decoder"])
-        self.routing_module = RoutingModule(d, **factory)
+        self.routing_module = RoutingModule(d, config.rule(stage), **factory)
         self.chunk_layer = ChunkLayer()
         self.dechunk_layer = DeChunkLayer()
         # fp32 on purpose, as in the official model (float64 in a float64 model)
@@ -100,11 +74,16 @@ class HNet(nn.Module):
         nn.init.zeros_(self.residual_proj.weight)
 
     def forward(
-        self, x: torch.Tensor, segments: Segments, cache: StageCache | None = None
+        self,
+        x: torch.Tensor,
+        segments: Segments,
+        cache: StageCache | None = None,
+        input_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[RoutingOutput]]:
         """x (B, L, D_in) -> (B, L, D_in) and the routing decisions of this and every inner stage.
 
         With ``cache`` (prefill) every component also stores its decoding state at each row's last valid position.
+        ``input_ids`` (B, L): the bytes, at stage 0 only (for the ``space`` boundary rule).
         """
         if cache is None:
             cache = StageCache()
@@ -115,7 +94,7 @@ class HNet(nn.Module):
 
         hidden = self.encoder(x, segments, cache.encoder)
         residual = self.residual_proj(upcast(hidden))
-        routing = self.routing_module(hidden, segments, cache.routing)
+        routing = self.routing_module(hidden, segments, cache.routing, input_ids)
         chunks, inner_segments, index = self.chunk_layer(hidden, routing, segments)
         inner_out, inner_routing = self.main_network(chunks, inner_segments, cache.main)
         upsampled = self.dechunk_layer(inner_out, routing, index, inner_segments, cache.dechunk)
@@ -196,6 +175,17 @@ class BoundaryOutput:
         return starts.scatter_(1, positions, routing.boundary_mask)  # padded entries carry False (a no-op write)
 
 
+def routing_positions(routing: list[RoutingOutput]) -> list[torch.Tensor]:
+    """positions[s] (B, L_s) of :class:`BoundaryOutput` from the routing decisions alone (the chunk layer's order)."""
+    if not routing:
+        return []
+    batch, length = routing[0].boundary_mask.shape
+    positions = [torch.arange(length, device=routing[0].boundary_mask.device).expand(batch, length)]
+    for r in routing[:-1]:
+        positions.append(positions[-1].gather(1, chunk_order(r.boundary_mask)[0]))
+    return positions
+
+
 class HNetForCausalLM(nn.Module):
     def __init__(self, config: HNetConfig, device=None, dtype=None):
         super().__init__()
@@ -210,6 +200,8 @@ class HNetForCausalLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embeddings.weight
         init_weights(self)
+        # read input values to check them (one device-to-host copy per call); the trainer switches this off
+        self.check_inputs = True
 
     def forward(
         self,
@@ -226,13 +218,18 @@ class HNetForCausalLM(nn.Module):
         inference_params: a fresh cache from ``allocate_inference_cache`` to prefill for decoding with ``step``;
         each row's state ends at its own last valid position, so prompts of different lengths decode together.
         """
-        segments = _check_inputs(input_ids, mask, document_ids, self.config.vocab_size)
+        segments = Segments.from_inputs(input_ids, mask, document_ids, self.config.vocab_size, self.check_inputs)
         stages = None
         if inference_params is not None:
-            _check_prefill(inference_params, input_ids.shape, document_ids)
+            if not isinstance(inference_params, InferenceCache):
+                raise TypeError(
+                    f"inference_params must come from allocate_inference_cache, got {type(inference_params).__name__}"
+                )
+            inference_params.check_prefill(input_ids.shape, document_ids)
             stages = inference_params.stages
             inference_params.seqlen_offset = input_ids.shape[1]
-        hidden, routing = self.backbone(self.embeddings(input_ids.long()), segments, stages)  # uint8 ids are fine too
+        # uint8 ids are fine too
+        hidden, routing = self.backbone(self.embeddings(input_ids.long()), segments, stages, input_ids)
         return HNetOutput(self.lm_head(hidden), routing)
 
     @torch.inference_mode()
@@ -242,21 +239,18 @@ class HNetForCausalLM(nn.Module):
         """Every stage's chunk boundaries, running only each stage's encoder and router (no decoders, no innermost
         network, no logits): the routing of ``forward`` on the same inputs, at a fraction of its cost.
         """
-        segments = _check_inputs(input_ids, mask, document_ids, self.config.vocab_size)
-        batch, length = input_ids.shape
+        segments = Segments.from_inputs(input_ids, mask, document_ids, self.config.vocab_size, self.check_inputs)
         x = self.embeddings(input_ids.long())
-        positions = torch.arange(length, device=input_ids.device).expand(batch, length)
-        routing, where, stage = [], [], self.backbone
+        routing, stage, ids = [], self.backbone, input_ids
         while not stage.is_innermost:
             hidden = stage.encoder(stage.widen(x), segments)
-            routing.append(stage.routing_module(hidden, segments))
-            where.append(positions)
+            routing.append(stage.routing_module(hidden, segments, input_ids=ids))
+            ids = None  # bytes exist at stage 0 only
             if stage.main_network.is_innermost:
                 break  # the last router's chunks would only feed the innermost network
-            x, segments, index = stage.chunk_layer(hidden, routing[-1], segments)
-            positions = positions.gather(1, index)
+            x, segments, _ = stage.chunk_layer(hidden, routing[-1], segments)
             stage = stage.main_network
-        return BoundaryOutput(routing, where)
+        return BoundaryOutput(routing, routing_positions(routing))
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None):
         """Empty decoding state for ``batch_size`` rows of at most ``max_seqlen`` bytes (prompt + generated).
@@ -272,9 +266,10 @@ class HNetForCausalLM(nn.Module):
         return InferenceCache(batch_size, max_seqlen, stages)
 
     @torch.inference_mode()
-    def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> StepOutput:
+    def step(self, input_ids: torch.Tensor, cache: InferenceCache, check: bool = True) -> StepOutput:
         """Feed one new byte per row, input_ids (B,) or (B, 1), and get the logits for the byte after it.
 
+        ``check=False`` skips reading the ids to check their range (a decode loop feeding sampled bytes).
         The encoders and decoders run for every row; each inner stage runs only for the rows whose router fired.
         """
         if not isinstance(cache, InferenceCache):
@@ -284,7 +279,7 @@ class HNetForCausalLM(nn.Module):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 1:
             shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"step takes one byte per row, shape (batch,) or (batch, 1); got {shape}")
-        _check_inputs(input_ids[:, None], None, None, self.config.vocab_size)
+        Segments.from_inputs(input_ids[:, None], vocab_size=self.config.vocab_size, check_values=check)
         if input_ids.shape[0] != cache.batch_size:
             raise ValueError(f"got {input_ids.shape[0]} rows but the cache was allocated for {cache.batch_size}")
         if cache.seqlen_offset >= cache.max_seqlen:
@@ -341,10 +336,6 @@ class HNetForCausalLM(nn.Module):
             raise ValueError(f"need one ratio target per chunking stage ({len(output.routing)}), got {targets}")
         return [ratio_loss(r, n) for r, n in zip(output.routing, targets)]
 
-    def stage_of(self, name: str) -> int:
-        """The stage that owns a parameter (embeddings and lm_head belong to stage 0)."""
-        return min(name.count("main_network."), self.config.num_stages - 1)
-
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if not isinstance(state_dict, Mapping):
             raise TypeError(
@@ -371,52 +362,6 @@ class HNetForCausalLM(nn.Module):
             if wrong:
                 raise ValueError("state dict shapes do not match this config:\n  " + "\n  ".join(wrong[:20]))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def _check_prefill(cache, shape: torch.Size, document_ids) -> None:
-    if not isinstance(cache, InferenceCache):
-        raise TypeError(f"inference_params must come from allocate_inference_cache, got {type(cache).__name__}")
-    if document_ids is not None:
-        raise ValueError("a prefill takes one sequence per row: use mask=, not document_ids=, with inference_params")
-    if cache.seqlen_offset:
-        raise ValueError("this cache has already been used: a prefill needs a fresh one from allocate_inference_cache")
-    if shape[0] != cache.batch_size:
-        raise ValueError(f"got {shape[0]} rows but the cache was allocated for {cache.batch_size}")
-    if shape[1] > cache.max_seqlen:
-        raise ValueError(f"the prompt has {shape[1]} positions but the cache holds max_seqlen={cache.max_seqlen}")
-
-
-def _check_inputs(input_ids, mask, document_ids, vocab_size: int) -> Segments:
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"input_ids must be a torch.Tensor of byte ids, got {type(input_ids).__name__}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
-    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one byte per row")
-    low, high = int(input_ids.min()), int(input_ids.max())  # Python ints: `uint8 >= 256` would wrap around
-    if low < 0 or high >= vocab_size:
-        raise ValueError(f"input_ids must be byte values in 0..{vocab_size - 1}, got values in {low}..{high}")
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError("mask must be a bool tensor (True = valid position)")
-        if mask.shape != input_ids.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} differs from input_ids shape {tuple(input_ids.shape)}")
-        if not bool(mask[:, 0].all()):
-            raise ValueError("every row needs at least one valid position, and padding must be on the right")
-        if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
-            raise ValueError("mask must be right-padded: a valid position follows a padded one in some row")
-        if bool(mask.all()):
-            mask = None
-    starts = None
-    if document_ids is not None:
-        if not isinstance(document_ids, torch.Tensor) or document_ids.shape != input_ids.shape:
-            raise ValueError("document_ids must be a tensor with the same shape as input_ids")
-        starts = torch.nn.functional.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=False)
-        if not bool(starts.any()):
-            starts = None
-    return Segments(mask=mask, starts=starts)
 
 
 def residual_heights(config: HNetConfig) -> list[int]:
@@ -450,40 +395,3 @@ def init_weights(model: HNetForCausalLM, std: float = 0.02) -> None:
             if isinstance(module, nn.Linear):
                 scale = math.sqrt(heights[stage]) if name.endswith(("out_proj", "fc2")) else 1.0
                 nn.init.normal_(module.weight, std=std / scale)
-
-
-def parameter_groups(
-    model: HNetForCausalLM,
-    lr_multipliers: list[float] | str,
-    weight_decay: float,
-    ratio_targets: list[float] | None = None,
-) -> list[dict]:
-    """AdamW parameter groups with a per-stage learning-rate multiplier (``lr_multiplier`` key).
-
-    The caller applies the multiplier (``group["lr"] = lr * group["lr_multiplier"]``); AdamW ignores the key.
-    ``lr_multipliers="auto"`` is the paper's rule (as in a training YAML) for ``ratio_targets`` (default: the paper's
-    bytes per chunk, [6] or [3, 3]). Weight decay is off for biases, all norm weights, ``dt_bias``, ``A_log``, ``D``
-    and ``pad_dimension`` (a deliberate departure from the official helper, which only exempts ``.bias`` and
-    ``.norm.`` names).
-    """
-    if lr_multipliers == "auto":
-        from .evaluation.flops import default_compression
-        from .training.config import paper_lr_multipliers
-
-        lr_multipliers = paper_lr_multipliers(model.config, ratio_targets or default_compression(model.config))
-    n = model.config.num_stages
-    if len(lr_multipliers) != n:
-        raise ValueError(f"need one learning-rate multiplier per stage ({n}), got {lr_multipliers}")
-    groups: dict[tuple[int, bool], list] = {}
-    seen = set()
-    for name, param in model.named_parameters():
-        if not param.requires_grad or id(param) in seen:
-            continue
-        seen.add(id(param))
-        leaf = name.rsplit(".", 1)[-1]
-        no_decay = param.dim() < 2 or leaf in {"bias", "dt_bias", "A_log", "D", "pad_dimension"} or "norm" in name
-        groups.setdefault((model.stage_of(name), no_decay), []).append(param)
-    return [
-        {"params": params, "lr_multiplier": lr_multipliers[s], "weight_decay": 0.0 if nd else weight_decay, "stage": s}
-        for (s, nd), params in sorted(groups.items())
-    ]

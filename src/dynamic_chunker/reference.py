@@ -10,12 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .config import HNetConfig
 from .model import HNetForCausalLM
-
-RATIO_LOSS_WEIGHT = 0.03
+from .training.objective import IGNORE, RATIO_LOSS_WEIGHT, score
 
 
 @dataclass
@@ -64,10 +62,6 @@ def load_reference(folder: str | Path) -> tuple[HNetForCausalLM, dict, dict]:
     return model, expected, grads
 
 
-def next_byte_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1))
-
-
 def verify_reference(folder: str | Path) -> ReferenceReport:
     model, exp, grads = load_reference(folder)
     report = ReferenceReport(str(folder))
@@ -87,8 +81,8 @@ def verify_reference(folder: str | Path) -> ReferenceReport:
         report.add(f"stage {s} boundary prob, max abs", prob_err, 1e-5)
         sel_err = (routing.selected_probs - exp[f"stage{s}.selected_probs"][..., 0]).abs().max()
         report.add(f"stage {s} selected probs, max abs", sel_err, 1e-5)
-    ratio = model.ratio_losses(out, targets)
-    for s, value in enumerate(ratio):
+    losses = score(out, torch.nn.functional.pad(ids[:, 1:], (0, 1), value=IGNORE), targets)  # the last byte: no target
+    for s, value in enumerate(losses.ratio):
         report.add(f"stage {s} ratio loss, abs", (value - exp[f"stage{s}.ratio_loss"]).abs(), 1e-5)
 
     lengths = exp["padded.lengths"]
@@ -99,8 +93,7 @@ def verify_reference(folder: str | Path) -> ReferenceReport:
         "logits (right-padded batch), max abs", ((padded - exp["padded.logits"]) * mask[..., None]).abs().max(), 1e-4
     )
 
-    ce = next_byte_loss(out.logits, ids)
-    total = ce + RATIO_LOSS_WEIGHT * sum(ratio)
+    ce, total = losses.ce_sum / losses.count, losses.total(RATIO_LOSS_WEIGHT)
     report.add("train CE, abs", (ce - exp["train.ce"]).abs(), 1e-5)
     report.add("train total loss, abs", (total - exp["train.loss"]).abs(), 1e-5)
     total.backward()

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidArgument
-from .evaluation.boundaries import WHITESPACE
+from .evaluation.targets import WHITESPACE
 
 BOS = 254  # byte that precedes every training document (data/corpus.py)
 BUNDLED_MODEL = "hnet_chunker_small"  # src/dynamic_chunker/models/<name>: config.json + model.safetensors

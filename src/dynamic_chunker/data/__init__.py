@@ -1,6 +1,7 @@
 """Byte-level training data: prepared corpora (``hnet data prepare``) and packed fixed-length windows over them."""
 
-from .corpus import BOS, EOS, CorpusError, CorpusSplit, PreparedCorpus, manifest_summary
+from ..config import BOS, EOS
+from .corpus import CorpusError, CorpusSplit, PreparedCorpus, manifest_summary
 from .debian import RECIPES, debian_sources
 from .prepare import Document, Source, prepare_corpus
 from .sources import file_source, hf_source

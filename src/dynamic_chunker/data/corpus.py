@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from ..config import BOS
 from ..errors import UserError
 
-BOS = 254  # marks the start of every document in a .bin file
-EOS = 255  # never written to corpora; free for models that want an explicit end-of-document byte
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 IDX_DTYPE = np.dtype("<i8")

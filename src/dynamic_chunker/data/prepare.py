@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import InvalidArgument, OutputFolderError
+from ..files import atomic_write, fsync_dir
 from .corpus import BOS, FORMAT_VERSION, IDX_DTYPE, MANIFEST
 
 SPLITS = ("train", "val")
@@ -54,13 +55,6 @@ def split_hash(seed: int, source: str, path: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 class _SplitWriter:
     """Streams documents of one split into ``{split}.bin``, remembering BOS offsets and the running sha256."""
 
@@ -85,7 +79,7 @@ class _SplitWriter:
         os.fsync(self.file.fileno())
         self.file.close()
         idx = np.asarray(self.offsets, dtype=IDX_DTYPE).tobytes()
-        fsync_write(self.idx_path, idx)
+        atomic_write(self.idx_path, idx)
         return {
             "documents": len(self.offsets),
             "bytes": self.size,
@@ -182,11 +176,7 @@ def _replace_dir(built: Path, out: Path) -> None:
     if out.exists():
         out.rename(old)
     built.rename(out)
-    dir_fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(out.parent)
     if old.exists():
         shutil.rmtree(old)
 
@@ -273,7 +263,7 @@ def prepare_corpus(
         "max_bytes": max_bytes,
         "splits": splits,
     }
-    fsync_write(building / MANIFEST, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    atomic_write(building / MANIFEST, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     _replace_dir(building, out)
     return manifest
 

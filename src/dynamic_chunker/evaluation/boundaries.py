@@ -2,8 +2,8 @@
 
 The paper reports that a trained 1-stage H-Net puts its boundaries mostly at word starts, i.e. on the byte that
 follows a space. :func:`score_boundaries` measures exactly that (precision and recall against the positions that
-follow whitespace) plus two neighbouring references that show *how* boundaries miss: on the whitespace byte itself
-(one byte early) and at starts of alphanumeric runs.
+follow whitespace) plus neighbouring references that show *how* boundaries miss: on the whitespace byte itself
+(one byte early), at word starts and, with a tokenizer, at BPE token starts (definitions in :mod:`.targets`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-WHITESPACE = b" \t\n\r\x0b\x0c"  # also the trainer's word-start statistic (training/objective.py)
+from .targets import TARGETS, target_bytes
 
 
 @torch.no_grad()
@@ -46,48 +46,62 @@ def forced_starts(length: int, window: int) -> torch.Tensor:
     return forced
 
 
-def reference_positions(data: bytes) -> dict[str, torch.Tensor]:
-    """Boolean masks over ``data`` of the reference positions that boundaries are scored against."""
+def reference_positions(data: bytes, tokenizer=None) -> dict[str, torch.Tensor]:
+    """Boolean masks over ``data`` of the reference sets that boundaries are scored against (``bpe`` only with a
+    tokenizer); the definitions are :mod:`dynamic_chunker.evaluation.targets`, shared with the trainer."""
     ids = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    space = torch.isin(ids, torch.tensor(list(WHITESPACE), dtype=torch.uint8))
-    alnum = torch.tensor([chr(b).isalnum() or b >= 0x80 for b in range(256)])[ids.long()]
-    return {
-        "after whitespace": _previous(space),
-        "at whitespace": space,
-        "word start": alnum & ~_previous(alnum),
-    }
+    names = [n for n in TARGETS if n != "bpe" or tokenizer is not None]
+    return {name: target_bytes(name, ids, tokenizer)[0] for name in names}
 
 
-def _previous(flags: torch.Tensor) -> torch.Tensor:
-    """flags shifted one byte right: True where the byte before is flagged."""
-    return torch.cat([torch.zeros(1, dtype=torch.bool), flags[:-1]])
+def boundary_counts(starts: torch.Tensor, reference: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """(hits, boundaries, references) as float64: the counts behind precision and recall, summed over any shape.
+
+    ``starts``: chunk starts; ``reference``: reference positions; ``candidates``: where a boundary of this stage could
+    be (the previous stage's chunk starts; every byte for stage 0), minus forced positions. Precision = hits /
+    boundaries, recall = hits / references."""
+    chosen, reference = starts & candidates, reference & candidates
+    return torch.stack([(chosen & reference).sum(), chosen.sum(), reference.sum()]).double()
 
 
 @dataclass
 class BoundaryScore:
     reference: str
     precision: float  # share of (unforced) boundaries that fall on a reference position
-    recall: float  # share of reference positions that get a boundary
-    base_rate: float  # share of all positions that are reference positions (the precision of random boundaries)
+    recall: float  # share of reference positions (among the stage's candidate positions) that get a boundary
+    base_rate: float  # share of candidate positions that are reference positions (the precision of random boundaries)
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall (0 when both are 0)."""
+        total = self.precision + self.recall
+        return 2 * self.precision * self.recall / total if total else 0.0
 
 
-def score_boundaries(data: bytes, starts: torch.Tensor, exclude: torch.Tensor | None = None) -> list[BoundaryScore]:
+def score_boundaries(
+    data: bytes,
+    starts: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+    candidates: torch.Tensor | None = None,
+    tokenizer=None,
+) -> list[BoundaryScore]:
     """Precision and recall of ``starts`` (bool over ``data``) against each reference of :func:`reference_positions`;
-    positions in ``exclude`` (forced boundaries) are left out of both sides."""
+    positions in ``exclude`` (forced boundaries) are left out of both sides, and only ``candidates`` (for an inner
+    stage: the outer stage's chunk starts) count as reference positions."""
     if starts.shape != (len(data),):
         raise ValueError(f"starts must be one flag per byte ({len(data)}), got shape {tuple(starts.shape)}")
-    keep = torch.ones_like(starts) if exclude is None else ~exclude
-    chosen = starts & keep
+    keep = torch.ones_like(starts) if candidates is None else candidates.clone()
+    if exclude is not None:
+        keep &= ~exclude
     scores = []
-    for name, reference in reference_positions(data).items():
-        reference = reference & keep
-        hits = int((chosen & reference).sum())
+    for name, reference in reference_positions(data, tokenizer).items():
+        hits, chosen, total = boundary_counts(starts, reference, keep).tolist()
         scores.append(
             BoundaryScore(
                 name,
-                precision=hits / max(int(chosen.sum()), 1),
-                recall=hits / max(int(reference.sum()), 1),
-                base_rate=int(reference.sum()) / max(int(keep.sum()), 1),
+                precision=hits / max(chosen, 1),
+                recall=hits / max(total, 1),
+                base_rate=total / max(int(keep.sum()), 1),
             )
         )
     return scores

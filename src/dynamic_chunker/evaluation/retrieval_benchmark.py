@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgument
-from .baselines import BASELINES, calibrate
+from .chunkers import BASELINES, calibrate
 from .retrieval import METRICS, VARIANTS, ChunkerResult, Scores, evaluate_chunkers, load_corpus, paired_difference
 
 REFERENCE = "fixed-size"  # paired differences are taken against fixed-size chunks of about the same mean length

@@ -42,18 +42,20 @@ def segment_sum(a: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=a.device).tril(), -math.inf)
 
 
-def tile_decay(a: torch.Tensor) -> torch.Tensor:
+def tile_decay(a: torch.Tensor, resets: bool = True) -> torch.Tensor:
     """exp(segment_sum(a)) for tiles a (..., Q) -> (..., Q, Q): the decay from position j to position i >= j.
 
     Computed from differences of prefix sums (one pass instead of a Q x Q cumulative sum). The prefix sums
     and their differences are float64, so that long stretches of strong decay (prefix sums in the hundreds)
     lose nothing to cancellation; resets (a <= RESET_LOG_DECAY) are also taken out of the prefix sums, and
     every pair (j, i) with a reset in (j, i] gets decay 0, which is what exp of a sum containing it gives.
+    ``resets=False`` promises that no value is a reset (the caller knows it, e.g. no document starts): that work
+    is skipped without reading the values.
     """
     Q = a.shape[-1]
     allowed = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril()
-    reset = a <= RESET_LOG_DECAY
-    if bool(reset.any()):
+    if resets:
+        reset = a <= RESET_LOG_DECAY
         segment = reset.cumsum(dim=-1)  # resets so far: pairs in the same segment have none in (j, i]
         allowed = allowed & (segment[..., :, None] == segment[..., None, :])
         a = a.masked_fill(reset, 0.0)
@@ -70,22 +72,24 @@ def chunked_scan(
     C: torch.Tensor,
     chunk_size: int,
     initial_state: torch.Tensor | None = None,
+    resets: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear recurrence S_t = exp(a_t) S_{t-1} + x_t B_t^T,  y_t = S_t C_t, computed in tiles.
 
     Shapes: x (b, l, h, p), log_decay a (b, l, h), B and C (b, l, n) shared by all heads,
     initial_state (b, h, p, n). Returns y (b, l, h, p) and the final state (b, h, p, n).
-    Log decays are <= 0; a value <= RESET_LOG_DECAY empties the state (a document start).
+    Log decays are <= 0; a value <= RESET_LOG_DECAY empties the state (a document start); ``resets=False``
+    promises there is none (see :func:`tile_decay`).
     All arithmetic is float32 (or float64 if the inputs are). Lengths need not be a multiple
     of ``chunk_size``: the tail is padded with a = 0 and zero input, which leaves the state intact.
     Tiles are processed head-major, (b, h, c, Q, ...), so that every product is one batched matmul.
     Autocast is switched off inside: the scan stays in float32 even in a bf16-autocast training step.
     """
     with torch.autocast(x.device.type, enabled=False):
-        return _chunked_scan(x, log_decay, B, C, chunk_size, initial_state)
+        return _chunked_scan(x, log_decay, B, C, chunk_size, initial_state, resets)
 
 
-def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state):
+def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state, resets):
     b, l, h, p = x.shape
     n = B.shape[-1]
     Q = max(1, min(chunk_size, l))
@@ -100,7 +104,7 @@ def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state):
     a = log_decay.reshape(b, c, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
 
     # 1. within each tile: y_i = sum_{j<=i} exp(a_{j+1..i}) (C_i . B_j) x_j
-    decay = tile_decay(a)  # (b, h, c, Q, Q)
+    decay = tile_decay(a, resets)  # (b, h, c, Q, Q)
     y = (decay * (C @ B.transpose(-1, -2))[:, None]) @ x
 
     # 2. state each tile leaves behind if it started from zero: sum_j exp(a_{j+1..Q-1}) x_j B_j^T
@@ -127,6 +131,7 @@ def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state):
             ones,
             outer,
             initial_state.reshape(b, h, p * n, 1),
+            resets,
         )  # after[:, z] = state after tile z
         after = after.reshape(b, c, h, p, n).transpose(1, 2)
         entering = torch.cat([initial_state[:, :, None], after[:, :, :-1]], dim=2)
@@ -216,9 +221,12 @@ class Mamba2(nn.Module):
         scanned = kernels.ssd_scan(x, dt, A, B, C, self.D, self.chunk_size, segments.starts, cache is not None)
         if scanned is None:
             log_decay = dt * A
-            if segments.starts is not None:
+            resets = segments.starts is not None  # known from the inputs: the scan need not look for resets
+            if resets:
                 log_decay = log_decay.masked_fill(segments.starts[..., None], RESET_LOG_DECAY)
-            y, final_state = chunked_scan(x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.scan_tile(u))
+            y, final_state = chunked_scan(
+                x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.scan_tile(u), resets=resets
+            )
             y = y + x.to(fp) * self.D.to(fp)[:, None]
         else:
             y, final_state = scanned

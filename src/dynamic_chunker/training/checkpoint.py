@@ -1,14 +1,12 @@
 """Atomic checkpoints and random-number-generator states.
 
-A checkpoint is written to a temporary file in the same folder, flushed to disk (fsync), then renamed over the
-previous one (an atomic replace on POSIX), and the folder entry is synced too. A kill at any moment therefore
-leaves either the previous checkpoint or the new one, never a partial file under the checkpoint's name.
+A checkpoint is written with :func:`dynamic_chunker.files.atomic_write` (temporary file, fsync, rename, fsync of
+the folder): a kill at any moment leaves either the previous checkpoint or the new one, never a partial file.
 Everything inside is plain tensors, numbers, strings, lists and dicts, so it loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import zipfile
@@ -19,28 +17,14 @@ import numpy as np
 import torch
 
 from ..checkpoints import CheckpointError
+from ..files import atomic_write
 
 FORMAT = "dynamic_chunker.train.v1"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Write ``state`` to ``path`` atomically."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Training configuration: a YAML file plus ``key=value`` overrides, checked strictly.
 
 Every section is a dataclass; unknown keys, wrong types and impossible values are errors that name the key and
-say what is expected. Relative paths (model JSON, corpus) are resolved from the current directory.
+say what is expected. Relative paths written in a YAML file (model JSON, corpus) are resolved from that file's
+folder; paths given as ``key=value`` overrides, from the current directory. ``model: official:NAME`` names a
+released model's config (``HNetConfig.official``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +22,11 @@ import yaml
 
 from ..config import HNetConfig
 from ..errors import ConfigError
+from ..files import read_document
+from .objective import RATIO_LOSS_WEIGHT
+from .optim import paper_lr_multipliers
 
-GPT2_BYTES_PER_TOKEN = 4.6  # N^GPT of the paper's learning-rate rule (App. C): GPT-2 bytes per token on FineWeb-Edu
+OFFICIAL = "official:"  # model: official:hnet_2stage_XL
 
 
 @dataclass
@@ -29,12 +35,15 @@ class DataSection:
     seq_len: int = 8192  # bytes per training window
     seed: int = 0  # shuffling seed of the training windows
     verify: bool = True  # check the files' sha256 against the manifest at start (slow for very large corpora)
+    # token models (the BPE baseline): "bpe:V" trains a byte-level BPE of V ids on the training split (saved as
+    # tokenizer.json in the run folder), or a path to a tokenizer.json. seq_len then counts tokens. None = bytes.
+    tokenizer: str | None = None
 
 
 @dataclass
 class RatioSection:
     targets: list[float]  # N per chunking stage, outermost first (bytes per chunk at that stage)
-    alpha: float = 0.03  # weight of the ratio loss
+    alpha: float = RATIO_LOSS_WEIGHT  # weight of the ratio loss
 
 
 @dataclass
@@ -67,6 +76,28 @@ class TrainSection:
     gradient_checkpointing: bool | list[int] = False
 
 
+WARM_START_TARGETS = ("after_whitespace", "words", "bpe", "none")  # see evaluation/targets.py
+
+
+@dataclass
+class WarmStartStage:
+    target: str = "none"  # one of WARM_START_TARGETS: what this stage's boundary probabilities are pulled towards
+    weight: float = 1.0  # weight of the auxiliary loss at the start of training
+    until: float = 0.3  # fraction of training (steps, or time with max_minutes) over which the weight falls to 0
+
+
+@dataclass
+class WarmStartSection:
+    """Boundary warm start (off by default): a binary cross-entropy of each stage's boundary probabilities against a
+    target boundary set, with a weight that falls linearly to zero; afterwards the paper's objective alone."""
+
+    stages: list[WarmStartStage] = field(default_factory=list)  # one per chunking stage, outermost first; [] = off
+    # the BPE tokenizer of the bpe target and of the routing statistics (trained on the training split's first
+    # bpe_train_bytes, kept in the run folder); 0 = no tokenizer
+    bpe_vocab_size: int = 4096
+    bpe_train_bytes: int = 8_000_000
+
+
 @dataclass
 class EvalSection:
     every: int = 100  # steps between validations (also at step 0 and at the end); 0 = only at the end
@@ -81,7 +112,7 @@ class CheckpointSection:
 
 @dataclass
 class TrainConfig:
-    model: str | dict  # path to a model JSON (official schema) or the same object inline
+    model: str | dict  # path to a model JSON (official schema), official:NAME, or the same object inline
     data: DataSection
     ratio: RatioSection
     optimizer: OptimizerSection
@@ -89,6 +120,7 @@ class TrainConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    warm_start: WarmStartSection = field(default_factory=WarmStartSection)
     out: str | None = None  # output directory; default runs/<config file name>
 
     def __post_init__(self) -> None:
@@ -101,11 +133,12 @@ class TrainConfig:
                 return HNetConfig.from_dict(self.model)
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"model (inline): {err}") from None
+        if self.model.startswith(OFFICIAL):
+            return HNetConfig.official(self.model[len(OFFICIAL) :])
         path = Path(self.model)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"model config {path} not found (relative paths are resolved from the current directory, {Path.cwd()})"
-            )
+            where = "" if path.is_absolute() else f" (relative to the current directory, {Path.cwd()})"
+            raise FileNotFoundError(f"model config {path} not found{where}")
         return HNetConfig.from_json(path)
 
     def lr_multipliers(self) -> list[float]:
@@ -131,6 +164,16 @@ class TrainConfig:
             )
         _require(self.ratio.alpha >= 0, f"ratio.alpha must be >= 0, got {self.ratio.alpha}")
         _require(self.data.seq_len >= 2, f"data.seq_len must be at least 2, got {self.data.seq_len}")
+        tok = self.data.tokenizer
+        if tok is not None and tok.startswith("bpe:"):
+            _require(
+                tok[4:].isdigit() and int(tok[4:]) == model.vocab_size,
+                f"data.tokenizer {tok!r} must be bpe:V with V = the model's vocab_size ({model.vocab_size})",
+            )
+        _require(
+            tok is not None or model.vocab_size == 256,
+            f"the model has vocab_size {model.vocab_size}: a token model needs data.tokenizer (e.g. bpe:V)",
+        )
         opt = self.optimizer
         _require(opt.lr > 0, f"optimizer.lr must be > 0, got {opt.lr}")
         _require(
@@ -166,18 +209,43 @@ class TrainConfig:
                 f"got {t.gradient_checkpointing}; or write true for every stage",
             )
         _require(self.eval.every >= 0 and self.checkpoint.every >= 0, "eval.every and checkpoint.every must be >= 0")
+        self._validate_warm_start(stages)
+
+    def _validate_warm_start(self, stages: int) -> None:
+        w = self.warm_start
+        _require(
+            w.bpe_vocab_size == 0 or w.bpe_vocab_size >= 257,
+            f"warm_start.bpe_vocab_size must be 0 (no tokenizer) or more than the 256 bytes, got {w.bpe_vocab_size}",
+        )
+        _require(w.bpe_train_bytes >= 1, f"warm_start.bpe_train_bytes must be >= 1, got {w.bpe_train_bytes}")
+        if not w.stages:
+            return
+        _require(
+            self.data.tokenizer is None,
+            "warm_start.stages needs a byte model: a token model (data.tokenizer) has no byte boundaries to target",
+        )
+        _require(
+            len(w.stages) == stages,
+            f"warm_start.stages needs one entry per chunking stage ({stages}), got {len(w.stages)}; "
+            "write {target: none} for a stage to leave free",
+        )
+        for i, stage in enumerate(w.stages):
+            key = f"warm_start.stages[{i}]"
+            _require(
+                stage.target in WARM_START_TARGETS,
+                f"{key}.target must be one of {', '.join(WARM_START_TARGETS)}, got {stage.target!r}",
+            )
+            _require(stage.weight >= 0, f"{key}.weight must be >= 0, got {stage.weight}")
+            _require(0 < stage.until <= 1, f"{key}.until is a fraction of training in (0, 1], got {stage.until}")
+            _require(
+                stage.target != "bpe" or w.bpe_vocab_size > 0,
+                f"{key}.target bpe needs a tokenizer: set warm_start.bpe_vocab_size > 0",
+            )
+
+    def warm_start_targets(self) -> list[str]:
+        """The warm-start target of each chunking stage ('none' everywhere when the warm start is off)."""
+        return [s.target for s in self.warm_start.stages] or ["none"] * (len(self.ratio.targets))
         _require(self.eval.windows >= 1 and self.eval.batch_size >= 1, "eval.windows and eval.batch_size must be >= 1")
-
-
-def paper_lr_multipliers(config: HNetConfig, targets: list[float]) -> list[float]:
-    """lambda^s = sqrt(N_GPT * D^S / (D^s * prod_{i<s} N^i)), the rule of the paper's appendix C (reference 5.3)."""
-    widths = config.d_model
-    out, product = [], 1.0
-    for s, width in enumerate(widths):
-        out.append(math.sqrt(GPT2_BYTES_PER_TOKEN * widths[-1] / (width * product)))
-        if s < len(targets):
-            product *= targets[s]
-    return out
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -185,14 +253,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder; give a training config file such as configs/tiny_1stage.yaml")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"training config not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    parse = lambda text: yaml.load(text, Loader=_StrictLoader)  # noqa: E731
+    data = read_document(path, parse, "training config", "YAML", (yaml.YAMLError,), ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a training config must be a YAML mapping of sections, got {type(data).__name__}")
+    _resolve_paths(data, path.parent)
     try:
         for item in overrides:
             apply_override(data, item)
@@ -217,6 +282,15 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    """Relative ``model`` and ``data.corpus`` paths of a YAML file: from the file's folder."""
+    if isinstance(data.get("model"), str) and not data["model"].startswith(OFFICIAL):
+        data["model"] = os.path.normpath(folder / data["model"])
+    section = data.get("data")
+    if isinstance(section, dict) and isinstance(section.get("corpus"), str):
+        section["corpus"] = os.path.normpath(folder / section["corpus"])
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
@@ -303,6 +377,8 @@ def _check(value: Any, hint: Any, key: str) -> Any:
         if value not in typing.get_args(hint):
             raise ValueError(f"{key} must be one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")
         return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
     if origin is list:
         if not isinstance(value, list):
             raise TypeError(f"{key} must be a list, got {value!r}")

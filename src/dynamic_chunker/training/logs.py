@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
+
+from ..files import atomic_write
 
 TRAIN_CSV, EVAL_CSV, PLOT = "train.csv", "eval.csv", "curves.png"
 
@@ -28,7 +30,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # the tensorboard package is missing: the CSV files hold the same numbers
-                print("note: `pip install tensorboard` for TensorBoard logs; writing CSV logs only")
+                print('note: `pip install -e ".[train]"` for TensorBoard logs; writing CSV logs only')
             else:
                 purge = None if resume_step is None else resume_step + 1
                 self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
@@ -65,23 +67,26 @@ def _truncate(path: Path, step: int) -> None:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    temp = path.with_suffix(".tmp")
-    with open(temp, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-    os.replace(temp, path)
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(kept)
+    atomic_write(path, text.getvalue())
 
 
 def plot_curves(out_dir: Path) -> Path | None:
-    """Loss / bits-per-byte, compression per stage and learning rate against steps, saved as curves.png."""
+    """Loss / bits-per-byte, compression per stage, validation routing statistics and learning rate against steps,
+    saved as curves.png."""
     train, evals = read_csv(out_dir / TRAIN_CSV), read_csv(out_dir / EVAL_CSV)
     if not train:
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # an optional dependency (the train extra): the CSV files hold the same numbers
+        print(f'note: `pip install -e ".[train]"` to plot {PLOT}')
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_comp, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (ax_loss, ax_comp, ax_route, ax_lr) = plt.subplots(1, 4, figsize=(20, 4.2))
     steps = [r["step"] for r in train]
     ax_loss.plot(steps, [r["bpb"] for r in train], lw=0.8, alpha=0.6, label="train BPB")
     if evals:
@@ -95,14 +100,27 @@ def plot_curves(out_dir: Path) -> Path | None:
                 [r["step"] for r in evals], [r[f"val_compression_{s}"] for r in evals], "o-", label=f"val stage {s}"
             )
     ax_comp.set(xlabel="step", ylabel="positions per chunk", title="compression per stage")
+    # validation routing: precision against each reference set, and boundary enrichment (dashed, right axis)
+    ax_enrich = ax_route.twinx()
+    for key in (evals[0] if evals else {}):
+        values = [r[key] for r in evals]
+        if key.startswith("val_precision_"):
+            ax_route.plot([r["step"] for r in evals], values, "o-", ms=3, label=key[len("val_precision_") :])
+        elif key.startswith("val_enrichment_"):
+            ax_enrich.plot([r["step"] for r in evals], values, "--", label=f"enrichment {key.rsplit('_', 1)[1]}")
+    ax_route.set(xlabel="step", ylabel="precision of chunk starts", title="validation routing (stage suffix)")
+    ax_enrich.set_ylabel("surprisal at starts / elsewhere")
+    if evals:
+        ax_enrich.legend(fontsize=7, loc="lower right")
     ax_lr.plot(steps, [r["lr"] for r in train])
     ax_lr.set(xlabel="step", ylabel="learning rate (multiplier 1)", title="schedule")
-    for ax in (ax_loss, ax_comp):
-        ax.legend(fontsize=8)
+    for ax in (ax_loss, ax_comp, ax_route):
+        if ax.get_legend_handles_labels()[0]:  # an isotropic model has no compression or routing curves
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     path = out_dir / PLOT
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -1,4 +1,7 @@
-"""The training objective (next-byte cross-entropy + alpha * ratio losses) and the routing statistics we report.
+"""The training objective (next-byte cross-entropy + alpha * ratio losses, plus the optional boundary warm start)
+and the routing statistics we report.
+
+The one definition of the loss: the trainer, ``reference.verify_reference`` and every benchmark call it.
 
 Targets: the model reads ``input_ids[:, :-1]`` (with ``document_ids[:, :-1]``) and predicts ``input_ids[:, 1:]``.
 A target that *starts a new document* (its BOS byte) is ignored: with per-document resets the model cannot know
@@ -14,11 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from ..chunking import ratio_loss
-from ..evaluation.boundaries import WHITESPACE as WHITESPACE_BYTES
-from ..model import HNetOutput
+from ..evaluation.boundaries import boundary_counts
+from ..evaluation.targets import stage_targets
+from ..layers.precision import upcast
+from ..model import HNetOutput, routing_positions
 
 IGNORE = -100
-WHITESPACE = torch.tensor(sorted(WHITESPACE_BYTES))  # one definition of "follows whitespace" with hnet boundaries
+RATIO_LOSS_WEIGHT = 0.03  # alpha, the paper's weight of the ratio losses (the default of a config's ratio.alpha)
+WARM_START_EPS = 1e-4  # the warm-start BCE sees p in [1e-4, 1 - 1e-4]
 
 
 def split_batch(input_ids: torch.Tensor, document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -32,6 +38,21 @@ class Losses:
     ce_sum: torch.Tensor  # summed next-byte cross-entropy in nats over the counted targets (float32, has grad)
     ratio: list[torch.Tensor]  # one ratio loss per chunking stage, outermost first
     output: HNetOutput
+    count: torch.Tensor  # number of counted targets (targets != IGNORE)
+
+    def total(self, alpha: float = RATIO_LOSS_WEIGHT) -> torch.Tensor:
+        """Mean cross-entropy over the counted targets + alpha * the sum of the ratio losses (a scalar to minimise)."""
+        return self.ce_sum / self.count.clamp(min=1) + alpha * sum(self.ratio, self.ce_sum.new_zeros(()))
+
+
+def score(output: HNetOutput, targets: torch.Tensor, ratio_targets: list[float]) -> Losses:
+    """Losses of a forward's output against targets (B, L) (IGNORE = not counted); logits upcast to float32."""
+    logits = output.logits.float()
+    ce_sum = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    ratio = [ratio_loss(r, n) for r, n in zip(output.routing, ratio_targets, strict=True)]
+    return Losses(ce_sum, ratio, output, (targets != IGNORE).sum())
 
 
 def compute_losses(
@@ -41,46 +62,100 @@ def compute_losses(
     targets: torch.Tensor,
     ratio_targets: list[float],
 ) -> Losses:
-    out = model(inputs, document_ids=documents)
-    ce_sum = F.cross_entropy(
-        out.logits.float().reshape(-1, out.logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    ratio = [ratio_loss(r, n) for r, n in zip(out.routing, ratio_targets, strict=True)]
-    return Losses(ce_sum, ratio, out)
+    """Forward ``inputs`` (B, L) with their ``documents`` (B, L) and score against ``targets`` (from split_batch)."""
+    return score(model(inputs, document_ids=documents), targets, ratio_targets)
+
+
+def window_losses(
+    model: torch.nn.Module, ids: torch.Tensor, ratio_targets: list[float], documents: torch.Tensor | None = None
+) -> Losses:
+    """Losses of (B, L + 1) windows (one document per row unless ``documents`` (B, L + 1) packs several)."""
+    if documents is None:  # no document ids: the model takes its fastest path
+        return score(model(ids[:, :-1]), ids[:, 1:], ratio_targets)
+    return compute_losses(model, *split_batch(ids, documents), ratio_targets)
+
+
+def warm_start_loss(prob: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Boundary warm start: mean binary cross-entropy of boundary probabilities (B, L_s) against 0/1 ``targets`` over
+    the ``counted`` positions (valid, not forced). p is squeezed into [eps, 1 - eps] so that the log stays finite and
+    the gradient never vanishes at p = 0 or 1 (a cosine router reaches both)."""
+    p = upcast(prob)
+    squeeze = 1 - 2 * WARM_START_EPS
+    # log(1 - q) from 1 - p (exact in floating point for p >= 1/2), not from 1 - q (cancellation near q = 1)
+    log_q, log_not_q = (WARM_START_EPS + squeeze * p).log(), (WARM_START_EPS + squeeze * (1 - p)).log()
+    bce = -torch.where(targets, log_q, log_not_q)
+    return (bce * counted).sum() / counted.sum().clamp(min=1)
+
+
+def warm_start_weight(weight: float, until: float, progress: float) -> float:
+    """Linear decay from ``weight`` at progress 0 to exactly 0 at ``until`` (and after)."""
+    return weight * max(0.0, 1.0 - progress / until)
+
+
+def free_positions(output: HNetOutput, documents: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per stage: positions[s] (B, L_s), the byte each position starts at, and the positions whose boundary the
+    router decides (valid, and neither a row start nor a document start, where a boundary is forced)."""
+    positions = routing_positions(output.routing)
+    free = []
+    for r, where in zip(output.routing, positions, strict=True):
+        docs = documents.gather(1, where)
+        forced = F.pad(docs[:, 1:] != docs[:, :-1], (1, 0), value=True)
+        free.append(~forced if r.mask is None else r.mask & ~forced)
+    return positions, free
 
 
 @torch.no_grad()
-def routing_sums(output: HNetOutput, inputs: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+def routing_sums(
+    output: HNetOutput,
+    documents: torch.Tensor,
+    references: dict[str, torch.Tensor],
+    surprisal: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Counts to add up over batches and processes, then :func:`summarize`.
 
-    Per stage: valid positions, boundaries, sum of boundary probabilities. Then for stage 0: positions that follow
-    whitespace ("word starts"), boundaries that are not forced (row or document starts), and boundaries at word starts.
+    Per stage s: valid positions, boundaries, summed boundary probability; per reference set (B, L) over the bytes
+    (``at_whitespace`` only at stage 0) the counts of :func:`boundary_counts` on the stage's free positions; with
+    ``surprisal`` (B, L, -log p of each input byte, NaN where unknown) its sums at chunk starts and elsewhere.
     """
-    values = []
-    for r in output.routing:
-        positions = r.boundary_mask.numel() if r.mask is None else r.mask.sum()
-        prob = r.boundary_prob if r.mask is None else r.boundary_prob * r.mask
-        values += [positions, r.boundary_mask.sum(), prob.float().sum()]
-    forced = F.pad(documents[:, 1:] != documents[:, :-1], (1, 0), value=True)
-    after_space = F.pad(torch.isin(inputs[:, :-1], WHITESPACE.to(inputs.device)), (1, 0), value=False) & ~forced
-    free = output.routing[0].boundary_mask & ~forced
-    values += [after_space.sum(), free.sum(), (free & after_space).sum()]
-    return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=inputs.device) for v in values])
+    positions, free = free_positions(output, documents)
+    sums = {}
+    for s, r in enumerate(output.routing):
+        sums[f"positions_{s}"] = r.boundary_mask.numel() if r.mask is None else r.mask.sum()
+        sums[f"boundaries_{s}"] = r.boundary_mask.sum()
+        sums[f"prob_{s}"] = (r.boundary_prob if r.mask is None else r.boundary_prob * r.mask).float().sum()
+        for name, reference in references.items():
+            if s == 0 or name != "at_whitespace":
+                counts = boundary_counts(r.boundary_mask, stage_targets(reference, positions[s]), free[s])
+                sums.update(zip((f"hits_{name}_{s}", f"chosen_{name}_{s}", f"refs_{name}_{s}"), counts))
+        if surprisal is not None:
+            value = surprisal.gather(1, positions[s])
+            known = free[s] & ~value.isnan()
+            value = value.nan_to_num()
+            for where, mask in (("starts", known & r.boundary_mask), ("other", known & ~r.boundary_mask)):
+                sums[f"surprisal_{where}_{s}"] = (value * mask).sum()
+                sums[f"count_{where}_{s}"] = mask.sum()
+    return {k: torch.as_tensor(v, dtype=torch.float64, device=documents.device) for k, v in sums.items()}
 
 
-def summarize(sums: torch.Tensor, stages: int, prefix: str = "") -> dict[str, float]:
-    """Per stage: ``compression_s`` (positions per chunk = N realised), ``bytes_per_chunk_s`` (bytes per chunk of
-    stage s, cumulative), ``boundary_prob_s`` (mean p); stage-0 ``space_precision`` / ``space_recall`` of the
-    unforced boundaries against positions that follow whitespace."""
-    s = sums.tolist()
+def summarize(sums: dict[str, float], stages: int, prefix: str = "") -> dict[str, float]:
+    """Per stage s: ``compression_s`` (positions per chunk = N realised), ``bytes_per_chunk_s`` (bytes per chunk of
+    stage s, cumulative), ``boundary_prob_s`` (mean p), ``precision_REF_s`` / ``recall_REF_s`` of the unforced
+    boundaries against each reference set, and ``enrichment_s`` (mean surprisal of the bytes that start a chunk over
+    the mean at the stage's other positions)."""
     out = {}
-    total_bytes = s[0]
-    for k in range(stages):
-        positions, boundaries, prob = s[3 * k : 3 * k + 3]
-        out[f"{prefix}compression_{k}"] = positions / max(boundaries, 1)
-        out[f"{prefix}bytes_per_chunk_{k}"] = total_bytes / max(boundaries, 1)
-        out[f"{prefix}boundary_prob_{k}"] = prob / max(positions, 1)
-    word_starts, free, hits = s[3 * stages :]
-    out[f"{prefix}space_precision"] = hits / free if free else math.nan
-    out[f"{prefix}space_recall"] = hits / word_starts if word_starts else math.nan
+    for s in range(stages):
+        positions, boundaries = sums[f"positions_{s}"], max(sums[f"boundaries_{s}"], 1)
+        out[f"{prefix}compression_{s}"] = positions / boundaries
+        out[f"{prefix}bytes_per_chunk_{s}"] = sums["positions_0"] / boundaries
+        out[f"{prefix}boundary_prob_{s}"] = sums[f"prob_{s}"] / max(positions, 1)
+        for key in sums:
+            if key.startswith("hits_") and key.endswith(f"_{s}"):
+                name = key[len("hits_") : -len(f"_{s}")]
+                hits, chosen, refs = (sums[f"{k}_{name}_{s}"] for k in ("hits", "chosen", "refs"))
+                out[f"{prefix}precision_{name}_{s}"] = hits / chosen if chosen else math.nan
+                out[f"{prefix}recall_{name}_{s}"] = hits / refs if refs else math.nan
+        if f"count_starts_{s}" in sums:
+            starts = sums[f"surprisal_starts_{s}"] / max(sums[f"count_starts_{s}"], 1)
+            other = sums[f"surprisal_other_{s}"] / max(sums[f"count_other_{s}"], 1)
+            out[f"{prefix}enrichment_{s}"] = starts / other if other else math.nan
     return out

@@ -13,11 +13,14 @@ import shutil
 from pathlib import Path
 
 from ..errors import OutputFolderError
+from ..evaluation.targets import BPE_FILE
 
 LOCK = ".lock"
 CHECKPOINT = "checkpoint.pt"
 # everything a run writes; ``--overwrite`` removes exactly these and keeps anything else in the folder
 RUN_FILES = (CHECKPOINT, "train.csv", "eval.csv", "train.yaml", "curves.png", "config.json", "model.safetensors")
+RUN_FILES += ("tokenizer.json", "tokens_train.npy", "tokens_val.npy")  # token models (data.tokenizer)
+RUN_FILES += (BPE_FILE,)  # the bpe reference of the warm start and routing statistics
 RUN_FOLDERS = ("tensorboard",)
 
 

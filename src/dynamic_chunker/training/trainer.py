@@ -19,19 +19,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ByteWindows, PreparedCorpus
 from ..data.corpus import MANIFEST
 from ..errors import ConfigError
-from ..model import HNetForCausalLM, parameter_groups
+from ..evaluation.targets import BPE_FILE, TARGETS, bpe_for_corpus, stage_targets, target_bytes
+from ..files import atomic_write
+from ..model import HNetForCausalLM
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .interrupt import StopRequest
 from .logs import RunLog, plot_curves
-from .objective import IGNORE, compute_losses, routing_sums, split_batch, summarize
+from .objective import (
+    IGNORE,
+    compute_losses,
+    free_positions,
+    routing_sums,
+    split_batch,
+    summarize,
+    warm_start_loss,
+    warm_start_weight,
+)
+from .optim import build_optimizer
 from .run_folder import CHECKPOINT, RunLock, check_run_folder, remove_stale_temporaries
 from .schedule import WarmupStableDecay
 
@@ -97,8 +110,9 @@ def run_dir(config: TrainConfig) -> Path:
     return Path(config.out or "runs/train")
 
 
-def open_data(config: TrainConfig) -> tuple[ByteWindows, ByteWindows]:
-    """Training and validation windows of the prepared corpus named by ``config.data``."""
+def open_data(config: TrainConfig, out_dir: Path | None = None) -> tuple[ByteWindows, ByteWindows]:
+    """Training and validation windows of the prepared corpus named by ``config.data`` (token windows when
+    ``data.tokenizer`` is set; the tokenizer and the encoded splits are kept in ``out_dir``)."""
     corpus_dir = Path(config.data.corpus)
     if not corpus_dir.is_dir():
         raise FileNotFoundError(
@@ -107,9 +121,40 @@ def open_data(config: TrainConfig) -> tuple[ByteWindows, ByteWindows]:
         )
     corpus = PreparedCorpus(corpus_dir, verify=config.data.verify)
     seq_len = config.data.seq_len
-    return ByteWindows(corpus.split("train"), seq_len=seq_len, seed=config.data.seed), ByteWindows(
-        corpus.split("val"), seq_len=seq_len, seed=0
-    )
+    train_split, val_split = corpus.split("train"), corpus.split("val")
+    if config.data.tokenizer is not None:
+        from ..data.tokens import encode_split
+
+        folder = out_dir or run_dir(config)
+        tokenizer = load_tokenizer(config, folder)
+        train_split = encode_split(train_split, tokenizer, folder / "tokens_train.npy")
+        val_split = encode_split(val_split, tokenizer, folder / "tokens_val.npy")
+    return ByteWindows(train_split, seq_len=seq_len, seed=config.data.seed), ByteWindows(val_split, seq_len, seed=0)
+
+
+TOKENIZER_TRAINING_BYTES = 100_000_000  # a BPE is trained on at most this much of the training split
+
+
+def load_tokenizer(config: TrainConfig, out_dir: Path):
+    """The run's tokenizer: ``out_dir/tokenizer.json`` if it exists (a resumed run), else trained (bpe:V) or read."""
+    from tokenizers import Tokenizer
+
+    from ..data.tokens import train_bpe
+
+    saved = out_dir / "tokenizer.json"
+    if saved.is_file():
+        return Tokenizer.from_file(str(saved))
+    spec = config.data.tokenizer
+    if spec.startswith("bpe:"):
+        corpus = PreparedCorpus(config.data.corpus, verify=False)
+        tokenizer = train_bpe(corpus.split("train"), int(spec[4:]), max_bytes=TOKENIZER_TRAINING_BYTES)
+    else:
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"data.tokenizer {spec} not found: give bpe:V or a tokenizer.json path")
+        tokenizer = Tokenizer.from_file(spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(saved))
+    return tokenizer
 
 
 def corpus_digest(corpus_dir: Path) -> str:
@@ -141,8 +186,20 @@ class Trainer:
         self.autocast = torch.autocast(
             rt.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == torch.bfloat16
         )
-        self.train_windows, self.val_windows = open_data(config)
+        self.train_windows, self.val_windows = open_data(config, self.out_dir)
         self.corpus_hash = corpus_digest(Path(cfg.data.corpus))
+        # UTF-8 bytes per target id: validation BPB of a token model divides its NLL by the bytes of the same text
+        self.token_bytes = torch.ones(self.model_config.vocab_size, dtype=torch.float64, device=rt.device)
+        if config.data.tokenizer is not None:
+            from ..data.tokens import token_byte_lengths
+
+            tokenizer = load_tokenizer(config, self.out_dir)
+            if tokenizer.get_vocab_size() != self.model_config.vocab_size:
+                raise ConfigError(
+                    f"the tokenizer has {tokenizer.get_vocab_size()} ids but the model's vocab_size is "
+                    f"{self.model_config.vocab_size}"
+                )
+            self.token_bytes = token_byte_lengths(tokenizer).to(rt.device, torch.float64)
         self.train_windows.steps_per_epoch(self.micro_batch, rt.world_size)  # enough data for one batch?
         # a fixed validation set: windows spread evenly over the split, so that it spans many documents
         count = min(cfg.eval.windows, len(self.val_windows))
@@ -151,14 +208,13 @@ class Trainer:
         checkpoint = self._checkpoint_to_resume(resume, allow_data_change)
         torch.manual_seed(cfg.train.seed)
         self.model = HNetForCausalLM(self.model_config, device=rt.device)
+        self.model.check_inputs = False  # the windows are checked bytes: no device reads of their values per forward
         if cfg.train.gradient_checkpointing not in (False, []):
             stages = None if cfg.train.gradient_checkpointing is True else cfg.train.gradient_checkpointing
             self.model.set_gradient_checkpointing(True, stages)
-        groups = parameter_groups(self.model, config.lr_multipliers(), cfg.optimizer.weight_decay)
-        for group in groups:
-            group["lr"] = cfg.optimizer.lr * group["lr_multiplier"]
-        self.optimizer = torch.optim.AdamW(
-            groups, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps
+        opt = cfg.optimizer
+        self.optimizer = build_optimizer(
+            self.model, opt.lr, config.lr_multipliers(), opt.weight_decay, opt.betas, opt.eps
         )
         self.schedule = WarmupStableDecay(self.optimizer, cfg.schedule.warmup, cfg.schedule.decay)
         self.step, self.elapsed = 0, 0.0
@@ -171,6 +227,20 @@ class Trainer:
             else None
         )
         self.resumed_from = checkpoint["step"] if checkpoint is not None else None
+        self.warm_targets = config.warm_start_targets()
+        self.tokenizer = self._tokenizer()
+
+    def _tokenizer(self):
+        """The run's BPE tokenizer (bpe target, routing statistics): read from the run folder, or trained once on
+        the training split by the main process and saved there (a resumed run reads the same one)."""
+        ws = self.config.warm_start
+        if not ws.bpe_vocab_size or self.config.data.tokenizer is not None:  # a token model has no byte statistics
+            return None
+        path, split = self.out_dir / BPE_FILE, self.train_windows.split
+        if self.runtime.is_main:
+            bpe_for_corpus(path, split.data, ws.bpe_vocab_size, ws.bpe_train_bytes)
+        distributed.barrier(self.runtime)
+        return bpe_for_corpus(path, split.data, ws.bpe_vocab_size, ws.bpe_train_bytes)
 
     # ------------------------------------------------------------------ state
     def _checkpoint_to_resume(self, resume: bool, allow_data_change: bool) -> dict | None:
@@ -254,30 +324,84 @@ class Trainer:
         model = self.ddp or self.model
         ce_total = torch.zeros((), dtype=torch.float64, device=rt.device)
         ratio_total = torch.zeros(self.stages, dtype=torch.float64, device=rt.device)
-        stats = torch.zeros(3 * self.stages + 3, dtype=torch.float64, device=rt.device)
+        warm_total = torch.zeros(self.stages, dtype=torch.float64, device=rt.device)
+        weights = self.warm_start_weights()
+        stats = {}
         for i, (inputs, documents, targets) in enumerate(parts):
             last = i == len(parts) - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 with self.autocast:
                     losses = compute_losses(model, inputs, documents, targets, cfg.ratio.targets)
-                ratio = torch.stack(losses.ratio)
+                ratio = torch.stack(losses.ratio) if losses.ratio else losses.ce_sum.new_zeros(0)  # isotropic: none
                 # DDP averages gradients over processes, hence the world_size factor on the summed cross-entropy
                 loss = losses.ce_sum * (rt.world_size / count) + cfg.ratio.alpha * ratio.sum() / len(parts)
+                warm = self.warm_start_losses(losses.output, inputs, documents)
+                for weight, value in zip(weights, warm, strict=True):
+                    if weight > 0:  # once every weight is 0 the loss is exactly the paper's
+                        loss = loss + weight * value / len(parts)
                 loss.backward()
             ce_total += losses.ce_sum.detach()
             ratio_total += ratio.detach()
-            stats += routing_sums(losses.output, inputs, documents)
-        totals = distributed.all_reduce(torch.cat([ce_total[None], ratio_total, stats]), rt)
+            if warm:
+                warm_total += torch.stack(warm).detach().double()
+            for key, value in routing_sums(losses.output, documents, self.references(inputs, train=True)).items():
+                stats[key] = stats.get(key, 0) + value
+        routing = torch.stack(list(stats.values())) if stats else ce_total.new_zeros(0)  # isotropic: no routing
+        stacked = torch.cat([ce_total[None], ratio_total, warm_total, routing])
+        totals = distributed.all_reduce(stacked, rt)
         ce = float(totals[0]) / count
         ratios = (totals[1 : 1 + self.stages] / (len(parts) * rt.world_size)).tolist()
+        warms = (totals[1 + self.stages : 1 + 2 * self.stages] / (len(parts) * rt.world_size)).tolist()
         if not math.isfinite(ce):
             raise ConfigError(
                 f"the loss became non-finite at step {self.step + 1}; lower optimizer.lr or set train.grad_clip"
             )
-        row = {"loss": ce + cfg.ratio.alpha * sum(ratios), "ce": ce, "bpb": ce / math.log(2)}
+        # bits per byte: a token model's targets hold several bytes each (self.token_bytes)
+        targets_bytes = sum(self.token_bytes[t.clamp(min=0)][t != IGNORE].sum() for _, _, t in parts)
+        byte_count = max(float(distributed.all_reduce(targets_bytes.double(), rt)), 1.0)
+        warm_term = sum(w * v for w, v in zip(weights, warms) if w > 0)
+        row = {
+            "loss": ce + cfg.ratio.alpha * sum(ratios) + warm_term,
+            "ce": ce,
+            "bpb": float(totals[0]) / byte_count / math.log(2),
+        }
         row.update({f"ratio_loss_{s}": r for s, r in enumerate(ratios)})
-        row.update(summarize(totals[1 + self.stages :], self.stages))
+        for s, target in enumerate(self.warm_targets):
+            if target != "none":  # the BCE is logged on after its weight reached 0: how far boundaries drift
+                row.update({f"warm_start_weight_{s}": weights[s], f"warm_start_loss_{s}": warms[s]})
+        row.update(summarize(dict(zip(stats, totals[1 + 2 * self.stages :].tolist())), self.stages))
         return row
+
+    def warm_start_weights(self) -> list[float]:
+        """Each stage's warm-start weight for the coming step (0 for stages without a target)."""
+        progress = self.progress()[0]
+        stages = self.config.warm_start.stages
+        return [
+            warm_start_weight(stages[s].weight, stages[s].until, progress) if target != "none" else 0.0
+            for s, target in enumerate(self.warm_targets)
+        ]
+
+    def references(self, inputs: torch.Tensor, train: bool = False) -> dict[str, torch.Tensor]:
+        """Reference boundary sets over the input bytes: only after_whitespace for the training rows (cheap),
+        every set (bpe with a tokenizer) for validation."""
+        if self.config.data.tokenizer is not None:  # a token model: its ids are not bytes
+            return {}
+        names = ["after_whitespace"] if train else [n for n in TARGETS if n != "bpe" or self.tokenizer is not None]
+        return {name: target_bytes(name, inputs, self.tokenizer) for name in names}
+
+    def warm_start_losses(self, output, inputs: torch.Tensor, documents: torch.Tensor) -> list[torch.Tensor]:
+        """The warm-start BCE of every stage (zero for stages without a target), with gradients."""
+        if all(t == "none" for t in self.warm_targets):
+            return [torch.zeros((), device=inputs.device)] * self.stages
+        positions, free = free_positions(output, documents)
+        out = []
+        for s, target in enumerate(self.warm_targets):
+            if target == "none":
+                out.append(torch.zeros((), device=inputs.device))
+                continue
+            targets = stage_targets(target_bytes(target, inputs, self.tokenizer), positions[s])
+            out.append(warm_start_loss(output.routing[s].boundary_prob, targets, free[s]))
+        return out
 
     def optimizer_step(self) -> float:
         """Clip the global gradient norm, step the optimizer, clear gradients; returns the norm before clipping."""
@@ -298,7 +422,7 @@ class Trainer:
         """Validation bits-per-byte and routing statistics over the fixed validation windows (split over ranks)."""
         rt, cfg = self.runtime, self.config
         indices = self.eval_indices[rt.rank :: rt.world_size]
-        sums = torch.zeros(2 + 3 * self.stages + 3, dtype=torch.float64, device=rt.device)
+        sums: dict[str, torch.Tensor] = {}
         self.model.eval()
         for first in range(0, len(indices), cfg.eval.batch_size):
             rows = [self.val_windows[i] for i in indices[first : first + cfg.eval.batch_size]]
@@ -306,13 +430,19 @@ class Trainer:
             inputs, documents, targets = split_batch(ids, docs)
             with self.autocast:
                 losses = compute_losses(self.model, inputs, documents, targets, cfg.ratio.targets)
-            sums[0] += losses.ce_sum.double()
-            sums[1] += (targets != IGNORE).sum()
-            sums[2:] += routing_sums(losses.output, inputs, documents)
+            logits = losses.output.logits.float()
+            ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+            # surprisal of input byte t is the loss of predicting it at t - 1 (unknown for the first byte and BOS)
+            surprisal = F.pad(ce.masked_fill(targets == IGNORE, math.nan)[:, :-1], (1, 0), value=math.nan)
+            counted = targets != IGNORE
+            batch = {"ce": losses.ce_sum.double(), "targets": self.token_bytes[targets.clamp(min=0)][counted].sum()}
+            batch.update(routing_sums(losses.output, documents, self.references(inputs), surprisal.double()))
+            for key, value in batch.items():
+                sums[key] = sums.get(key, 0) + torch.as_tensor(value, dtype=torch.float64, device=rt.device)
         self.model.train()
-        distributed.all_reduce(sums, rt)
-        row = {"val_bpb": float(sums[0] / sums[1].clamp(min=1)) / math.log(2)}
-        row.update(summarize(sums[2:], self.stages, prefix="val_"))
+        totals = dict(zip(sums, distributed.all_reduce(torch.stack(list(sums.values())), rt).tolist()))
+        row = {"val_bpb": totals["ce"] / max(totals["targets"], 1) / math.log(2)}
+        row.update(summarize(totals, self.stages, prefix="val_"))
         return row
 
     # -------------------------------------------------------------------- loop
@@ -326,7 +456,7 @@ class Trainer:
         if rt.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-            (self.out_dir / "train.yaml").write_text(resolved)
+            atomic_write(self.out_dir / "train.yaml", resolved)
             print(f"config (saved as {self.out_dir / 'train.yaml'}):\n  " + resolved.rstrip().replace("\n", "\n  "))
             if self.resumed_from is not None:
                 used = f" ({self.elapsed / 60:.1f} of {budget:g} minutes used)" if budget else ""

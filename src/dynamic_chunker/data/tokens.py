@@ -1,0 +1,81 @@
+"""Byte-level BPE for the token baseline: train a Hugging Face ``tokenizers`` BPE on a corpus split and encode a
+split into token ids packed like the byte splits (every document starts with the ``<bos>`` token).
+
+Byte-level BPE is lossless: every token is a byte string, so bits per byte of a token model are its summed token
+NLL over the UTF-8 length of the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InvalidArgument
+from .corpus import BOS, CorpusSplit
+
+BOS_TOKEN = "<bos>"
+
+
+def documents(split: CorpusSplit, max_bytes: int | None = None) -> Iterator[str]:
+    """The split's documents as text (without their BOS byte), at most ``max_bytes`` bytes of them."""
+    ends = [*split.doc_starts[1:].tolist(), len(split)]
+    seen = 0
+    for start, end in zip(split.doc_starts.tolist(), ends, strict=True):
+        if max_bytes is not None and seen >= max_bytes:
+            return
+        seen += end - start
+        yield bytes(split.data[start + 1 : end]).decode("utf-8", errors="replace")
+
+
+def train_bpe(split: CorpusSplit, vocab_size: int, max_bytes: int | None = None):
+    """A byte-level BPE tokenizer of ``vocab_size`` ids (``<bos>`` = id 0, then the 256 byte tokens) trained on
+    ``split`` (its first ``max_bytes`` bytes)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise InvalidArgument(f"a byte-level BPE needs at least 257 ids (256 bytes + <bos>), got {vocab_size}")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(documents(split, max_bytes), trainer=trainer)
+    return tokenizer
+
+
+def token_byte_lengths(tokenizer) -> torch.Tensor:
+    """(V,) UTF-8 byte length of every id (0 for special tokens): byte-level tokens spell one byte per character."""
+    lengths = torch.zeros(tokenizer.get_vocab_size(), dtype=torch.long)
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    for token, index in tokenizer.get_vocab().items():
+        lengths[index] = 0 if token in specials else len(token)
+    return lengths
+
+
+def encode_split(split: CorpusSplit, tokenizer, cache: Path | None = None) -> CorpusSplit:
+    """The split as token ids (int32) with ``<bos>`` before every document; ``doc_starts`` are the ``<bos>``
+    offsets, so :class:`~dynamic_chunker.data.ByteWindows` cuts it into token windows. Cached in ``cache`` (.npy)."""
+    if cache is not None and cache.is_file():
+        data = np.load(cache, mmap_mode="r")
+    else:
+        bos = tokenizer.token_to_id(BOS_TOKEN)
+        texts = list(documents(split))
+        encoded = [[bos, *e.ids] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        data = np.fromiter((i for ids in encoded for i in ids), dtype=np.int32)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.stem + ".tmp.npy")
+            np.save(tmp, data)
+            tmp.replace(cache)
+    doc_starts = np.flatnonzero(np.asarray(data) == tokenizer.token_to_id(BOS_TOKEN)).astype(np.int64)
+    return CorpusSplit(f"{split.name} (tokens)", data, doc_starts)
+
+
+__all__ = ["BOS", "BOS_TOKEN", "documents", "encode_split", "token_byte_lengths", "train_bpe"]

@@ -1,0 +1,51 @@
+"""Robustness to character noise (the BLT paper's noised HellaSwag, also reported by H-Net): accuracy on HellaSwag
+with every context and ending perturbed, and the robustness score 100 * (perturbed - 0.25) / (clean - 0.25)
+(0.25 = chance with four endings): 100 = no loss, 0 = down to chance."""
+
+from __future__ import annotations
+
+import math
+
+from .lm import ByteLM
+from .perturb import PERTURBATIONS, perturb
+from .tasks import Item, Task, evaluate, load_task
+
+CHANCE = 0.25
+METRIC = "acc_norm"  # HellaSwag's usual metric
+
+
+def perturbed_task(task: Task, name: str, seed: int = 0) -> Task:
+    """``task`` with every context and continuation perturbed; item i, field j uses seed ``f"{seed}:{i}:{j}"`` so an
+    item's noise does not depend on which other items are evaluated."""
+    items = []
+    for i, item in enumerate(task.items):
+        texts = [*dict.fromkeys(item.contexts), *item.continuations]
+        noisy = {t: perturb(name, t, f"{seed}:{i}:{j}") for j, t in enumerate(texts)}
+        continuations = [noisy[c] for c in item.continuations]
+        if name == "antspeak":  # keep the space that separates context and ending: " x" -> " X" not "  X"
+            continuations = [" " + c.lstrip(" ") for c in continuations]
+        items.append(Item([noisy[c] for c in item.contexts], continuations, item.gold))
+    return Task(f"{task.name}_{name}", items, task.greedy, task.metrics)
+
+
+def robustness_score(perturbed: float, clean: float) -> float:
+    return 100 * (perturbed - CHANCE) / (clean - CHANCE) if clean != CHANCE else math.nan
+
+
+def evaluate_robustness(
+    lm: ByteLM,
+    limit: int | None = None,
+    seed: int = 0,
+    perturbations: list[str] | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """HellaSwag clean and under each perturbation: acc, acc_norm and (perturbed rows) the robustness score."""
+    clean_task = load_task("hellaswag", limit)
+    results = {"clean": evaluate(lm, clean_task, batch_size, max_length, progress)}
+    for name in perturbations or list(PERTURBATIONS):
+        row = evaluate(lm, perturbed_task(clean_task, name, seed), batch_size, max_length, progress)
+        row["robustness"] = robustness_score(row[METRIC], results["clean"][METRIC])
+        results[name] = row
+    return results

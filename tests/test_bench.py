@@ -1,0 +1,95 @@
+"""hnet bench end to end on a tiny suite (a few steps per model): sizing, training, evaluation, table, plots, resume."""
+
+import json
+
+import pytest
+import yaml
+
+from dynamic_chunker.bench import Suite, plan
+from dynamic_chunker.cli import main
+
+from .test_evaluation import ISOTROPIC, ONE_STAGE
+from .test_training import corpus  # noqa: F401  (a fixture)
+
+TRAIN = {"optimizer": {"lr": 3e-3}, "train": {"steps": 1, "batch_size": 4}, "eval": {"batch_size": 4}}
+
+
+def write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def tiny_suite(tmp_path, corpus):  # noqa: F811
+    hnet = {"model": ONE_STAGE, "data": {"corpus": "x"}, "ratio": {"targets": [4]}, **TRAIN}
+    one = write(tmp_path / "one.yaml", hnet)
+    iso = {"model": ISOTROPIC, "data": {"corpus": "x"}, "ratio": {"targets": []}, **TRAIN}
+    iso["optimizer"] = {"lr": 3e-3, "lr_multipliers": [1.0]}
+    byte = write(tmp_path / "iso.yaml", iso)
+    bpe = write(tmp_path / "bpe.yaml", {**iso, "model": {**ISOTROPIC, "vocab_size": 300},
+                                        "data": {"corpus": "x", "tokenizer": "bpe:300"}})
+    suite = {
+        "name": "tiny",
+        "corpus": str(corpus),
+        "runs": str(tmp_path / "runs"),
+        "out": str(tmp_path / "results"),
+        "budget": {"bytes": 4 * 64 * 3, "seq_len": 64, "batch_size": 4},
+        "reference": "hnet",
+        "eval": {"bpb_windows": 2, "val_windows": 2, "tasks": ["piqa", "lambada"], "limit": 1, "robustness_limit": 1},
+        "models": [
+            {"id": "hnet", "name": "H-Net", "config": one},
+            {"id": "bytes", "name": "LlamaByte", "config": byte, "match_flops": True},
+            {"id": "bpe", "name": "BPE", "config": bpe, "match_flops": True},
+        ],
+    }
+    return write(tmp_path / "suite.yaml", suite)
+
+
+def test_bench_trains_evaluates_and_resumes_a_tiny_suite(tmp_path, corpus, capsys, one_thread):  # noqa: F811
+    path = tiny_suite(tmp_path, corpus)
+    planned = plan(Suite.load(path))
+    target = planned["hnet"]["flops_per_byte"]
+    assert abs(planned["bytes"]["flops_per_byte"] - target) / target < 0.3  # width resized to the reference's FLOPs
+    assert planned["bpe"]["bytes_per_token"] > 1.5
+    assert planned["bpe"]["config"].data.seq_len == round(64 / planned["bpe"]["bytes_per_token"])
+    assert main(["bench", path, "--no-progress"]) == 0
+    results = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert set(results) == {"hnet", "bytes", "bpe"}
+    assert all(r["steps"] == 3 and 0 < r["val_bpb"] < 12 for r in results.values())
+    assert results["hnet"]["flops_compression"] == [4] and len(results["hnet"]["compression"]) == 1
+    assert results["bpe"]["tasks"]["piqa"]["items"] == 1
+    table = (tmp_path / "results" / "tiny.md").read_text()
+    assert "| LlamaByte |" in table and "Zero-shot" in table and "Noised HellaSwag" in table
+    assert (tmp_path / "results" / "tiny_bpb.png").stat().st_size > 0
+    assert (tmp_path / "results" / "tiny_compression.png").stat().st_size > 0
+    # finished models are loaded, not retrained
+    before = (tmp_path / "runs" / "hnet" / "model.safetensors").stat().st_mtime_ns
+    assert main(["bench", path, "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "hnet" / "model.safetensors").stat().st_mtime_ns == before
+    capsys.readouterr()
+
+
+def test_a_suite_over_several_corpora_runs_once_per_corpus(tmp_path):
+    data = {
+        "name": "langs",
+        "corpus": ["data/chinese", "data/dna"],
+        "runs": "runs/bench/langs",
+        "out": "out",
+        "budget": {"bytes": 100, "seq_len": 8, "batch_size": 2},
+        "models": [{"id": "a", "config": "a.yaml"}],
+    }
+    suites = Suite.load_all(write(tmp_path / "s.yaml", data))
+    assert [(s.name, s.corpus, s.runs) for s in suites] == [
+        ("langs_chinese", "data/chinese", "runs/bench/langs/chinese"),
+        ("langs_dna", "data/dna", "runs/bench/langs/dna"),
+    ]
+    assert main(["bench", str(tmp_path / "s.yaml")]) == 2  # corpora not prepared: a one-line error
+
+
+def test_suite_errors(tmp_path):
+    bad = {"name": "x", "corpus": "c", "runs": "r", "out": "o", "budget": {"bytes": 1, "seq_len": 0, "batch_size": 1},
+           "models": [{"id": "a", "config": "a.yaml"}]}
+    with pytest.raises(ValueError, match="budget.seq_len must be a positive integer"):
+        Suite.load(write(tmp_path / "s.yaml", bad))
+    with pytest.raises(ValueError, match="reference 'b' is not one of the model ids"):
+        Suite.load(write(tmp_path / "s.yaml", {**bad, "budget": {"bytes": 1, "seq_len": 1, "batch_size": 1},
+                                               "reference": "b"}))
