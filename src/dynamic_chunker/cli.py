@@ -595,15 +595,13 @@ def add_chunk_parser(sub) -> None:
             except UnicodeDecodeError:
                 text = data  # not UTF-8: chunked as bytes, offsets are byte offsets
                 print("hnet chunk: the input is not valid UTF-8; offsets are byte offsets", file=sys.stderr)
-            chunks = chunker.chunk(text)
+            chunks = None if args.format == "html" else chunker.chunk(text)  # the HTML view chunks for itself
         out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
         try:
             if args.format == "html":
-                from .chunk_view import render_html
+                from .chunk_view import chunk_html
 
-                chunks = list(chunks)
-                data = text.encode("utf-8") if isinstance(text, str) else text
-                out.write(render_html(text, chunks, chunker.signals(data), title=f"hnet chunk {args.file}"))
+                out.write(chunk_html(text, chunker, title=f"hnet chunk {args.file}"))
                 return 0
             for c in chunks:
                 piece = c.text if isinstance(c.text, str) else c.text.decode("utf-8", "replace")
