@@ -8,7 +8,7 @@ import torch
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.cli import main
 from dynamic_chunker.data.corpus import CorpusSplit
-from dynamic_chunker.data.tokens import train_bpe
+from dynamic_chunker.data.tokens import documents, train_bpe
 
 from .test_evaluation import ISOTROPIC, ONE_STAGE, TEXT
 
@@ -38,7 +38,7 @@ def test_eval_bpb_tasks_and_robustness_write_reports(model_dir, capsys):
 
 def test_eval_of_a_token_model_reads_its_tokenizer(tmp_path):
     data = torch.tensor([254, *(TEXT * 4).encode()], dtype=torch.uint8).numpy()
-    tokenizer = train_bpe(CorpusSplit("train", data, torch.tensor([0]).numpy()), vocab_size=280)
+    tokenizer = train_bpe(documents(CorpusSplit("train", data, torch.tensor([0]).numpy())), vocab_size=280)
     folder = tmp_path / "bpe"
     HNetForCausalLM(HNetConfig.from_dict({**ISOTROPIC, "vocab_size": 280})).save_pretrained(folder)
     tokenizer.save(str(folder / "tokenizer.json"))

@@ -132,10 +132,10 @@ def test_token_model_bpb_equals_the_byte_level_computation():
 
 
 def test_uniform_token_model_bpb_is_tokens_times_log2_vocab_over_bytes():
-    from dynamic_chunker.data.tokens import train_bpe
+    from dynamic_chunker.data.tokens import documents, train_bpe
 
     data = torch.tensor([254, *(TEXT * 3).encode()], dtype=torch.uint8).numpy()
-    tokenizer = train_bpe(CorpusSplit("train", data, torch.tensor([0]).numpy()), vocab_size=300)
+    tokenizer = train_bpe(documents(CorpusSplit("train", data, torch.tensor([0]).numpy())), vocab_size=300)
     lm = TokenLM(uniform(model(ISOTROPIC, vocab_size=300)), tokenizer)
     result = bits_per_byte(lm, TEXT, window=32)
     tokens = len(lm.encode(TEXT))

@@ -143,7 +143,7 @@ def _tokenizer(suite: Suite, model: SuiteModel, config):
     from tokenizers import Tokenizer
 
     from .data import PreparedCorpus
-    from .data.tokens import train_bpe
+    from .data.tokens import documents, train_bpe
     from .training.trainer import TOKENIZER_TRAINING_BYTES
 
     spec = config.data.tokenizer
@@ -153,7 +153,7 @@ def _tokenizer(suite: Suite, model: SuiteModel, config):
     if not path.is_file():
         split = PreparedCorpus(suite.corpus, verify=False).split("train")
         path.parent.mkdir(parents=True, exist_ok=True)
-        train_bpe(split, int(spec[4:]), max_bytes=TOKENIZER_TRAINING_BYTES).save(str(path))
+        train_bpe(documents(split, TOKENIZER_TRAINING_BYTES), int(spec[4:])).save(str(path))
     return Tokenizer.from_file(str(path)), str(path)
 
 

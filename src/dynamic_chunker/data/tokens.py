@@ -7,7 +7,7 @@ NLL over the UTF-8 length of the same text.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +30,37 @@ def documents(split: CorpusSplit, max_bytes: int | None = None) -> Iterator[str]
         yield bytes(split.data[start + 1 : end]).decode("utf-8", errors="replace")
 
 
-def train_bpe(split: CorpusSplit, vocab_size: int, max_bytes: int | None = None):
-    """A byte-level BPE tokenizer of ``vocab_size`` ids (``<bos>`` = id 0, then the 256 byte tokens) trained on
-    ``split`` (its first ``max_bytes`` bytes)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, *, pieces: str | None = None, special_tokens: Sequence[str] = (BOS_TOKEN,)
+):
+    """A byte-level BPE tokenizer (Hugging Face ``tokenizers``) of ``vocab_size`` ids trained on ``texts``: the
+    ``special_tokens`` first (``<bos>`` = id 0 by default), then the 256 byte tokens and the merges. ``pieces``: a regex
+    whose matches are the pre-tokens that merges never cross (default: GPT-2's byte-level split)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 257:
-        raise InvalidArgument(f"a byte-level BPE needs at least 257 ids (256 bytes + <bos>), got {vocab_size}")
+    if vocab_size < 256 + len(special_tokens):
+        raise InvalidArgument(
+            f"a byte-level BPE needs at least {256 + len(special_tokens)} ids (256 bytes + special tokens), "
+            f"got {vocab_size}"
+        )
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pieces is None:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(pieces), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[BOS_TOKEN],
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(documents(split, max_bytes), trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
 
 

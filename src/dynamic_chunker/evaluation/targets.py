@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..files import atomic_write
+
 WHITESPACE = b" \t\n\r\x0b\x0c"  # the whitespace *bytes* of after_whitespace / at_whitespace
 TARGETS = ("after_whitespace", "at_whitespace", "words", "bpe")
 BPE_FILE = "bpe_tokenizer.json"  # where a run folder keeps its tokenizer
@@ -88,21 +90,10 @@ def whitespace_bytes(ids: torch.Tensor) -> torch.Tensor:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int):
-    """A byte-level BPE tokenizer (Hugging Face ``tokenizers``) trained on ``texts``, pieces as in the module doc."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    """The tokenizer of the ``bpe`` set, trained on ``texts``: byte-level BPE with the pieces of the module doc."""
+    from ..data.tokens import train_bpe as train_byte_level_bpe
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(BPE_PIECES), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer
+    return train_byte_level_bpe(texts, vocab_size, pieces=BPE_PIECES, special_tokens=())
 
 
 def bpe_for_corpus(path: Path, data: np.ndarray, vocab_size: int, max_bytes: int):
@@ -114,10 +105,7 @@ def bpe_for_corpus(path: Path, data: np.ndarray, vocab_size: int, max_bytes: int
         return Tokenizer.from_file(str(path))
     documents = bytes(data[:max_bytes]).split(b"\xfe")
     tokenizer = train_bpe((d.decode("utf-8", "replace") for d in documents if d), vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp")
-    tokenizer.save(str(temp))
-    temp.replace(path)
+    atomic_write(path, tokenizer.to_str().encode())
     return tokenizer
 
 

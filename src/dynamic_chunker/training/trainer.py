@@ -139,7 +139,7 @@ def load_tokenizer(config: TrainConfig, out_dir: Path):
     """The run's tokenizer: ``out_dir/tokenizer.json`` if it exists (a resumed run), else trained (bpe:V) or read."""
     from tokenizers import Tokenizer
 
-    from ..data.tokens import train_bpe
+    from ..data.tokens import documents, train_bpe
 
     saved = out_dir / "tokenizer.json"
     if saved.is_file():
@@ -147,7 +147,7 @@ def load_tokenizer(config: TrainConfig, out_dir: Path):
     spec = config.data.tokenizer
     if spec.startswith("bpe:"):
         corpus = PreparedCorpus(config.data.corpus, verify=False)
-        tokenizer = train_bpe(corpus.split("train"), int(spec[4:]), max_bytes=TOKENIZER_TRAINING_BYTES)
+        tokenizer = train_bpe(documents(corpus.split("train"), TOKENIZER_TRAINING_BYTES), int(spec[4:]))
     else:
         if not Path(spec).is_file():
             raise FileNotFoundError(f"data.tokenizer {spec} not found: give bpe:V or a tokenizer.json path")
