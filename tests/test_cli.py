@@ -63,6 +63,9 @@ def test_main_turns_user_errors_and_os_errors_into_one_line(monkeypatch, capsys)
         (OSError(errno.ENOSPC, "No space left on device", "runs/x/checkpoint.pt"), "error: no space left on device"),
         (PermissionError(errno.EACCES, "Permission denied", "/data"), "Permission denied: /data"),
         (IsADirectoryError(errno.EISDIR, "Is a directory", "notes"), "Is a directory: notes"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB"), "error: out of memory (CUDA out of"),
+        (RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried"), "out of memory"),
+        (MemoryError(), "error: out of memory (MemoryError): use a smaller batch"),
     ]:
         monkeypatch.setattr(cli, "cmd_info", failing(error))
         code, _, err = run(["info", "x"], capsys)

@@ -679,6 +679,15 @@ def describe_os_error(err: OSError) -> str:
     return str(err)
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether an error is an allocation failure (torch's CUDA/MPS OutOfMemoryError, its CPU allocator, or Python's)."""
+    return (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # overrides (key=value) may come after options too: ``hnet train c.yaml --max-minutes 5 optimizer.lr=1e-3``
@@ -696,6 +705,14 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err)
     except OSError as err:
         message = describe_os_error(err)
+    except (MemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = (
+            f"out of memory ({first[:200]}): use a smaller batch, shorter inputs or fewer new bytes "
+            "(e.g. --batch-size, --max-bytes), or another --device"
+        )
     except KeyboardInterrupt:
         print(f"\nhnet {args.command}: interrupted", file=sys.stderr)
         return 130
