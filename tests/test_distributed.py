@@ -135,3 +135,21 @@ def test_torchrun_sigterm_stops_every_rank_after_the_same_step_with_a_checkpoint
     step = load_checkpoint(out / "checkpoint.pt")["step"]
     assert f"interrupted by SIGTERM after step {step}: checkpoint written to {out}" in output, output[-4000:]
     assert [r["step"] for r in read_csv(out / "train.csv")] == list(range(1, step + 1))
+
+
+def test_torchrun_refusal_by_rank_0_stops_every_rank(tmp_path, corpus):  # noqa: F811
+    """Rank 0 refuses a folder of someone else's files: every rank stops at once with exit status 2 (none waits
+    for a barrier that rank 0 never reaches), and the files are untouched."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(corpus, out, train={"steps": 2, "batch_size": 4})))
+    env = {**os.environ, **LOOPBACK, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["--local-addr", "127.0.0.1", "-m", "dynamic_chunker.cli", "train", str(path), "--no-progress"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("hnet train: error:") == 2, done.stderr[-4000:]
+    assert "rank 0 refused the output folder" in done.stderr  # (torchrun then prints its own failure summary)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"

@@ -29,7 +29,8 @@ class RunLock:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.created = False
+        self.created = False  # this lock made the folder
+        self.created_file = False  # ... or at least its lock file
         self.file = None
 
     def acquire(self) -> RunLock:
@@ -37,6 +38,7 @@ class RunLock:
             raise OutputFolderError(f"--out {self.folder} is a file, not a folder; choose a folder for the run")
         self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.created_file = not (self.folder / LOCK).exists()
         self.file = open(self.folder / LOCK, "a+")
         try:
             fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,12 +57,15 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        """Unlock; a folder this lock created and nothing else used is removed again."""
+        """Unlock. Where no run was written (a refused folder, an early error), the lock file this lock created goes
+        again, and so does a folder it created that is then empty: the folder is left as it was found."""
         if self.file is None:
             return
-        if self.created and [p.name for p in self.folder.iterdir()] == [LOCK]:
-            (self.folder / LOCK).unlink()
-            self.folder.rmdir()
+        ran = any((self.folder / name).exists() for name in (*RUN_FILES, *RUN_FOLDERS))
+        if self.created_file and not ran:
+            (self.folder / LOCK).unlink(missing_ok=True)
+            if self.created and not any(self.folder.iterdir()):
+                self.folder.rmdir()
         fcntl.flock(self.file.fileno(), fcntl.LOCK_UN)
         self.file.close()
         self.file = None

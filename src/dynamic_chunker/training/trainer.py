@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ByteWindows, PreparedCorpus
 from ..data.corpus import MANIFEST
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputFolderError, UserError
 from ..evaluation.targets import BPE_FILE, TARGETS, bpe_for_corpus, stage_targets, target_bytes
 from ..files import atomic_write
 from ..model import HNetForCausalLM
@@ -91,13 +91,22 @@ def train(
     runtime = distributed.start(config.train.device)
     lock = RunLock(run_dir(config)) if runtime.is_main else None  # rank 0 writes the folder, so it holds the lock
     try:
+        refusal = None
         if lock is not None:
-            lock.acquire()
-            freed = remove_stale_temporaries(lock.folder)
-            if freed:
-                print(f"removed {freed / 1e6:.1f} MB of temporary files left by an interrupted write")
-            check_run_folder(lock.folder, resume, overwrite)
-        distributed.barrier(runtime)  # the other ranks start once rank 0 has checked the folder
+            try:
+                lock.acquire()
+                freed = remove_stale_temporaries(lock.folder)
+                if freed:
+                    print(f"removed {freed / 1e6:.1f} MB of temporary files left by an interrupted write")
+                check_run_folder(lock.folder, resume, overwrite)
+            except (UserError, OSError) as err:
+                refusal = err
+        # the other ranks start once rank 0 has checked the folder, and stop with it if it refused
+        refused = distributed.all_reduce(torch.tensor(float(refusal is not None), device=runtime.device), runtime)
+        if refusal is not None:
+            raise refusal
+        if refused:
+            raise OutputFolderError(f"rank 0 refused the output folder {run_dir(config)} (its message says why)")
         trainer = Trainer(config, runtime, resume=resume, allow_data_change=allow_data_change)
         return trainer.run(progress=progress, on_step=on_step, log_every=log_every)
     finally:
