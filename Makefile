@@ -33,11 +33,13 @@ demo-train: $(BIN)/hnet
 	$(BIN)/hnet train configs/tiny_1stage.yaml --max-minutes $(DEMO_MINUTES) --out runs/demo --overwrite
 	$(BIN)/hnet generate --model runs/demo --prompt "The kernel" --max-bytes 200 --seed 0
 
-# Headless Chromium for the HTML view's test (Debian package), installed only if missing.
+# Headless Chromium for the HTML view's test (Debian packages), installed only if missing, with a CJK font so that
+# the Chinese sample's view shows characters instead of empty boxes.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+	@(command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1) && \
+		fc-list :lang=zh 2>/dev/null | grep -q . || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium fonts-wqy-zenhei)
 
 test: $(BIN)/hnet chromium
 	$(BIN)/ruff check src tests benchmarks
