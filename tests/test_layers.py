@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynamic_chunker.layers.attention import CausalSelfAttention, attention_mask, windowed_attention
-from dynamic_chunker.layers.mamba2 import RESET_LOG_DECAY, Mamba2, causal_depthwise_conv, chunked_scan
+from dynamic_chunker.layers.mamba2 import RESET_LOG_DECAY, Mamba2, causal_depthwise_conv, chunked_scan, tile_decay
 from dynamic_chunker.layers.segments import Segments
 
 FAST = settings(max_examples=25, deadline=None)
@@ -79,6 +79,42 @@ def test_chunked_scan_float32_close_to_float64_oracle(length, chunk_size):
     assert y.dtype == torch.float32
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(final.double(), final_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("resets", [False, True])
+def test_chunked_scan_float32_strong_decay_close_to_float64_oracle(resets):
+    # log decays down to -40 per position: tile sums far below float32's exp underflow (about -87), where the
+    # decays are clamped at EXP_FLOOR before exp (the fast path) instead of underflowing
+    gen = torch.Generator().manual_seed(5)
+    x, log_decay, B, C = scan_inputs(gen, 2, 333, 2, 4, 8, torch.float32)
+    log_decay = log_decay * torch.rand(2, 333, 1, generator=gen) ** 4 * 13  # mostly weak, some very strong
+    starts = random_starts(gen, 2, 333, rate=0.05) if resets else None
+    a = log_decay if starts is None else log_decay.masked_fill(starts[..., None], RESET_LOG_DECAY)
+    initial = torch.randn(2, 2, 4, 8, generator=gen)
+    y, final = chunked_scan(x, a, B, C, 64, initial_state=initial, resets=resets)
+    y_ref, final_ref = sequential_scan(x, log_decay, B, C, initial, starts)
+    assert log_decay.min() < -30
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(final.double(), final_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tile_decay_is_zero_above_the_diagonal_and_across_resets():
+    gen = torch.Generator().manual_seed(1)
+    a = -torch.rand(3, 16, generator=gen, dtype=torch.float64) * 50
+    a[1, 5] = RESET_LOG_DECAY
+    decay = tile_decay(a)
+    for row in range(3):
+        for i in range(16):
+            for j in range(16):
+                segment = a[row, j + 1 : i + 1]
+                if j > i or (segment <= RESET_LOG_DECAY).any():
+                    assert decay[row, i, j] == 0
+                else:
+                    expected = torch.exp(segment.sum())
+                    assert torch.isclose(decay[row, i, j], expected, rtol=1e-12, atol=1e-250)
+    unmasked = tile_decay(a[[0]], resets=False, causal=False)
+    torch.testing.assert_close(unmasked.tril(), decay[[0]], rtol=0, atol=0)
+    assert torch.isfinite(unmasked).all() and (unmasked <= 1).all()
 
 
 def test_chunked_scan_without_resets_may_skip_looking_for_them():

@@ -27,42 +27,53 @@ RESET_LOG_DECAY = -1.0e4
 MIN_OUTER_TILE = 16
 # Tile size of the pure-PyTorch scan on CPU (see Mamba2.scan_tile).
 CPU_SCAN_TILE = 64
+# Log-decays below this are raised to it before exp (see decay_exp): far enough above the dtype's underflow
+# (about -87 in float32) that products of the result with ordinary values stay normal numbers.
+EXP_FLOOR = {torch.float32: -60.0, torch.bfloat16: -60.0, torch.float64: -600.0, torch.float16: -9.0}
 
 
-def segment_sum(a: torch.Tensor) -> torch.Tensor:
-    """out[..., i, j] = sum_{k=j+1}^{i} a[..., k] for j <= i, -inf above the diagonal.
+def decay_exp(log_decay: torch.Tensor) -> torch.Tensor:
+    """exp of log-decays (<= 0, -inf allowed) with exponents clamped to [EXP_FLOOR, 0].
 
-    Built as a masked cumulative sum rather than a difference of prefix sums so that
-    large (reset) values never cancel. O(T^2) memory: used across tiles, where T is small.
+    On CPU, exp of an exponent whose result underflows (below about -87 in float32: strong decays, resets, the
+    -inf of masked entries) or overflows takes a scalar fallback about 100x slower than the vectorised path, and
+    results near the underflow make the matmuls that use them slow (denormal products). The clamped exponents give
+    exp(EXP_FLOOR) (about 1e-26 in float32) instead of something smaller, far below the rounding of any value they
+    are added to; where a result must be exactly 0 (above a tile's diagonal, across a reset) callers zero it.
     """
-    T = a.shape[-1]
-    lower = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
-    rep = a[..., :, None].expand(*a.shape, T).masked_fill(~lower, 0.0)  # rep[..., k, j] = a_k if k > j
-    out = rep.cumsum(dim=-2)
-    return out.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=a.device).tril(), -math.inf)
+    return torch.exp(log_decay.clamp(min=EXP_FLOOR.get(log_decay.dtype, -60.0), max=0.0))
 
 
-def tile_decay(a: torch.Tensor, resets: bool = True) -> torch.Tensor:
-    """exp(segment_sum(a)) for tiles a (..., Q) -> (..., Q, Q): the decay from position j to position i >= j.
+def tile_decay(a: torch.Tensor, resets: bool = True, causal: bool = True) -> torch.Tensor:
+    """exp(sum_{k=j+1}^{i} a_k) for tiles a (..., Q) -> (..., Q, Q): the decay from position j to position i >= j
+    (0 above the diagonal).
 
     Computed from differences of prefix sums (one pass instead of a Q x Q cumulative sum). The prefix sums
     and their differences are float64, so that long stretches of strong decay (prefix sums in the hundreds)
     lose nothing to cancellation; resets (a <= RESET_LOG_DECAY) are also taken out of the prefix sums, and
     every pair (j, i) with a reset in (j, i] gets decay 0, which is what exp of a sum containing it gives.
     ``resets=False`` promises that no value is a reset (the caller knows it, e.g. no document starts): that work
-    is skipped without reading the values.
+    is skipped without reading the values. ``causal=False`` leaves the entries above the diagonal (finite, at most
+    1) for a caller that zeroes them in a smaller tensor it multiplies by (unless there are resets).
     """
     Q = a.shape[-1]
-    allowed = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril()
+    allowed = None
     if resets:
         reset = a <= RESET_LOG_DECAY
         segment = reset.cumsum(dim=-1)  # resets so far: pairs in the same segment have none in (j, i]
-        allowed = allowed & (segment[..., :, None] == segment[..., None, :])
+        allowed = causal_mask(Q, torch.bool, a.device) & (segment[..., :, None] == segment[..., None, :])
         a = a.masked_fill(reset, 0.0)
+    elif causal:
+        allowed = causal_mask(Q, a.dtype, a.device)
     wide = torch.float32 if a.device.type == "mps" else torch.float64  # MPS has no float64
-    prefix = a.to(wide).cumsum(dim=-1)
-    difference = (prefix[..., :, None] - prefix[..., None, :]).to(a.dtype)
-    return torch.exp(torch.where(allowed, difference, -math.inf))
+    prefix = a.contiguous().to(wide).cumsum(dim=-1)
+    decay = decay_exp((prefix[..., :, None] - prefix[..., None, :]).to(a.dtype))
+    return decay if allowed is None else decay * allowed
+
+
+def causal_mask(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(size, size) lower-triangular ones (diagonal included)."""
+    return torch.ones(size, size, dtype=dtype, device=device).tril()
 
 
 def chunked_scan(
@@ -101,11 +112,13 @@ def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state, resets):
     x = x.reshape(b, c, Q, h, p).permute(0, 3, 1, 2, 4).contiguous()  # (b, h, c, Q, p)
     B = B.reshape(b, c, Q, n)
     C = C.reshape(b, c, Q, n)
-    a = log_decay.reshape(b, c, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
+    a = log_decay.reshape(b, c, Q, h).permute(0, 3, 1, 2).contiguous()  # (b, h, c, Q)
 
-    # 1. within each tile: y_i = sum_{j<=i} exp(a_{j+1..i}) (C_i . B_j) x_j
-    decay = tile_decay(a, resets)  # (b, h, c, Q, Q)
-    y = (decay * (C @ B.transpose(-1, -2))[:, None]) @ x
+    # 1. within each tile: y_i = sum_{j<=i} exp(a_{j+1..i}) (C_i . B_j) x_j; the causal mask goes on C B^T,
+    # which all heads share, rather than on the decays
+    decay = tile_decay(a, resets, causal=False)  # (b, h, c, Q, Q)
+    scores = (C @ B.transpose(-1, -2)) * causal_mask(Q, C.dtype, C.device)  # (b, c, Q, Q)
+    y = (decay * scores[:, None]) @ x
 
     # 2. state each tile leaves behind if it started from zero: sum_j exp(a_{j+1..Q-1}) x_j B_j^T
     to_end = decay[..., -1, :, None]  # (b, h, c, Q, 1)
@@ -119,7 +132,7 @@ def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state, resets):
     outer = max(Q, MIN_OUTER_TILE)
     if c + 1 <= outer:  # few tiles: one (c+1) x (c+1) decay matrix
         states = torch.cat([initial_state[:, :, None], tile_states], dim=2).reshape(b, h, c + 1, p * n)
-        carried = torch.exp(segment_sum(F.pad(tile_total, (1, 0)))) @ states
+        carried = tile_decay(F.pad(tile_total, (1, 0)), resets) @ states
         carried = carried.reshape(b, h, c + 1, p, n)
         entering, final_state = carried[:, :, :-1], carried[:, :, -1]
     else:  # many tiles: that recurrence is itself a scan (state size p * n, B = C = 1), in tiles of tiles
@@ -138,22 +151,35 @@ def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state, resets):
         final_state = final_state.reshape(b, h, p, n)
 
     # 4. contribution of the entering state: exp(a_{0..i}) C_i . S
-    from_start = torch.exp(a.cumsum(dim=-1))[..., None]  # (b, h, c, Q, 1)
-    y = y + (C[:, None] @ entering.transpose(-1, -2)) * from_start
-    return y.permute(0, 2, 3, 1, 4).reshape(b, c * Q, h, p)[:, :l], final_state
+    # (C_i exp(a_{0..i})) S^T added to y in one batched matmul
+    from_start = decay_exp(a.cumsum(dim=-1))[..., None]  # (b, h, c, Q, 1)
+    y = torch.baddbmm(
+        y.reshape(-1, Q, p), (C[:, None] * from_start).reshape(-1, Q, n), entering.transpose(-1, -2).reshape(-1, n, p)
+    )
+    return y.reshape(b, h, c, Q, p).permute(0, 2, 3, 1, 4).reshape(b, c * Q, h, p)[:, :l], final_state
 
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, starts: torch.Tensor | None):
-    """Causal depthwise conv over (b, l, c) with kernel (c, 1, K); inputs from earlier documents count as zeros."""
+    """Causal depthwise conv over (b, l, c) with kernel (c, 1, K); inputs from earlier documents count as zeros.
+
+    Without document starts and with gradients to compute, F.conv1d (its backward is the fastest); otherwise a sum
+    of K shifted products, which reads x in place (no transposed copy) and on CPU runs faster than F.conv1d's
+    depthwise kernel.
+    """
     K = weight.shape[-1]
-    if starts is None:
+    if starts is None and torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias)):
         out = F.conv1d(x.transpose(1, 2), weight, bias, padding=K - 1, groups=x.shape[-1])
         return out[..., : x.shape[1]].transpose(1, 2)
     w = weight[:, 0, :]  # w[:, K-1] multiplies the current position
-    out = bias + x * w[:, K - 1]
     l = x.shape[1]
+    if starts is None:
+        out = torch.addcmul(bias, x, w[:, K - 1])
+        for k in range(1, min(K, l)):  # loop over the kernel taps, not over positions
+            out[:, k:].addcmul_(x[:, : l - k], w[:, K - 1 - k])
+        return out
+    out = bias + x * w[:, K - 1]
     same_doc = torch.ones_like(starts, dtype=x.dtype)
-    for k in range(1, K):  # loop over the kernel taps, not over positions
+    for k in range(1, K):
         start_k = F.pad(starts.to(x.dtype), (k - 1, 0))[:, :l]  # starts[t - k + 1]
         same_doc = same_doc * (1 - start_k)  # no document start in (t - k, t]
         shifted = F.pad(x, (0, 0, k, 0))[:, :l]
