@@ -23,6 +23,7 @@ import torch
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.config import BOS
 from dynamic_chunker.evaluation.calibration import calibrate_routing
+from dynamic_chunker.evaluation.compression import positions_per_chunk
 from dynamic_chunker.files import atomic_write
 from dynamic_chunker.training.objective import RATIO_LOSS_WEIGHT, window_losses
 
@@ -107,7 +108,7 @@ def train_rate(
     times = [t for t, _ in runs]
     batch, length = ids.shape[0], ids.shape[1] - 1
     mean = [sum(c[s] for _, c in runs) / len(runs) for s in range(len(runs[0][1]))]
-    ratio = compression(batch * length, mean)
+    ratio = positions_per_chunk(batch * length, mean)
     flops = training_flops_per_byte(model.config, length, ratio)
     return {
         "seconds": times,
@@ -117,12 +118,6 @@ def train_rate(
         "flops_per_byte": flops,
         "flops_per_s": flops * batch * length / min(times),
     }
-
-
-def compression(length: float, counts: list[float]) -> list[float]:
-    """Positions per chunk of each stage from the chunk counts of ``length`` bytes."""
-    positions = [length, *counts]
-    return [positions[s] / positions[s + 1] for s in range(len(counts))]
 
 
 def params(model: torch.nn.Module) -> int:

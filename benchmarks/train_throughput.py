@@ -25,6 +25,7 @@ from benchmarks import common
 from dynamic_chunker import HNetConfig
 from dynamic_chunker.evaluation.baselines import isotropic_config
 from dynamic_chunker.evaluation.calibration import calibrate_routing
+from dynamic_chunker.evaluation.compression import positions_per_chunk
 from dynamic_chunker.evaluation.flops import default_compression, forward_flops_per_byte, training_flops_per_byte
 
 
@@ -58,7 +59,7 @@ def measure(spec: dict) -> dict:
         "bytes_per_s": spec["length"] / min(times or warm),
         "peak_bytes": common.peak_rss_bytes() - baseline,
         "exact": exact,
-        "compression": common.compression(spec["length"], counts),
+        "compression": positions_per_chunk(spec["length"], counts),
         "params": common.params(model),
     }
 

@@ -277,6 +277,25 @@ def test_training_lowers_the_loss(tmp_path, corpus):
     assert all(row["lr"] > 0 for row in result.history)
 
 
+def test_validation_bpb_is_hnet_eval_bpb_on_the_same_windows(tmp_path, corpus):
+    """The trainer's validation calls dynamic_chunker.evaluation: its val_bpb of the final model is bits_per_byte of
+    the exported model over the same windows (every validation window: the split without its incomplete tail)."""
+    from dynamic_chunker.data import PreparedCorpus
+    from dynamic_chunker.data.corpus import CorpusSplit
+    from dynamic_chunker.evaluation import bits_per_byte, load_lm
+
+    every_window = {"every": 0, "windows": 10**6}
+    config = config_from_dict(tiny_config(corpus, tmp_path / "run", train={"steps": 3}, eval=every_window))
+    result = train(config, progress=False)
+    split = PreparedCorpus(corpus).split("val")
+    seq_len = config.data.seq_len
+    whole = (len(split) - 1) // seq_len * seq_len + 1  # what ByteWindows covers
+    cut = CorpusSplit("val", split.data[:whole], split.doc_starts[split.doc_starts < whole])
+    expected = bits_per_byte(load_lm(tmp_path / "run"), cut, window=seq_len, batch_size=3)
+    assert expected.windows == (len(split) - 1) // seq_len
+    assert result.evals[-1]["val_bpb"] == pytest.approx(expected.bpb, rel=1e-5)
+
+
 @pytest.mark.slow
 def test_gradient_checkpointing_trains_identically(tmp_path, corpus, monkeypatch):
     import dynamic_chunker.layers.stack as stack

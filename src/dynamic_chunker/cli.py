@@ -308,6 +308,7 @@ def add_generate_parser(sub) -> None:
 def cmd_boundaries(args: argparse.Namespace) -> int:
     from .checkpoints import from_pretrained
     from .evaluation.boundaries import find_boundaries, forced_starts, mark_boundaries, score_boundaries, score_table
+    from .evaluation.compression import compression_rows
     from .evaluation.targets import BPE_FILE
 
     sources = [args.text is not None, args.file is not None, args.corpus is not None]
@@ -339,10 +340,10 @@ def cmd_boundaries(args: argparse.Namespace) -> int:
         tokenizer = Tokenizer.from_file(str(bpe))
     starts = find_boundaries(model, data, window=args.window)
     forced = forced_starts(len(data), args.window)
-    for stage, stage_starts in enumerate(starts):
-        chunks = int(stage_starts.sum())
+    for stage, (stage_starts, row) in enumerate(zip(starts, compression_rows(len(data), starts), strict=True)):
         print(
-            f"stage {stage}: {chunks:,} chunks over {len(data):,} bytes ({len(data) / max(chunks, 1):.2f} bytes/chunk)"
+            f"stage {stage}: {row['chunks']:,} chunks over {len(data):,} bytes ({row['bytes_per_chunk']:.2f} "
+            f"bytes/chunk, {row['positions_per_chunk']:.2f} positions/chunk)"
         )
         candidates = starts[stage - 1] if stage else None  # stage s chooses among stage s-1's chunk starts
         print(score_table(score_boundaries(data, stage_starts, forced, candidates, tokenizer)))

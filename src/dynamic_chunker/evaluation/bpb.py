@@ -5,6 +5,9 @@ id with the next window (as the trainer's validation windows), and run in batche
 (``document_ids``). A target that is a BOS (the start of the next document) is not counted. Bits per byte =
 summed NLL of the counted targets / ln 2 / their UTF-8 bytes: for a byte model one byte per target, for a token
 model the byte length of each target token, so both measure the same text.
+
+:func:`target_nll`, :func:`scored_bytes` and :func:`bits` are that computation in pieces, shared with the trainer
+(training and validation rows) so that ``val_bpb`` and ``hnet eval bpb`` are one definition.
 """
 
 from __future__ import annotations
@@ -31,6 +34,24 @@ class BitsPerByte:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def target_nll(logits: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """(B, L) float64: -ln p(target) under (B, L, V) next-id logits (computed in at least float32), 0 where not
+    ``counted`` (targets there may be any value, e.g. an ignore index)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    nll = F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+    return torch.where(counted, nll.double(), 0.0)
+
+
+def scored_bytes(targets: torch.Tensor, counted: torch.Tensor, token_bytes: torch.Tensor) -> torch.Tensor:
+    """float64 scalar: UTF-8 bytes of the counted targets (``token_bytes[id]``: 1 per byte id; a token's length)."""
+    return token_bytes.to(targets.device)[targets.clamp(min=0)][counted].sum().double()
+
+
+def bits(nats: float, byte_count: float) -> float:
+    """Bits per byte from summed NLL in nats over ``byte_count`` bytes (NaN when no byte was scored)."""
+    return float(nats) / math.log(2) / float(byte_count) if byte_count else math.nan
 
 
 def stream_of(lm: ByteLM, source: str | bytes | list | CorpusSplit) -> np.ndarray:
@@ -70,9 +91,8 @@ def bits_per_byte(
         starts = [i * window for i in range(count)]
     if not starts:
         raise InvalidArgument("the text is too short to score: it needs at least one byte after BOS")
-    token_bytes = lm.token_bytes.to(lm.device)
-    nats = torch.zeros((), dtype=torch.float64)
-    scored_bytes = scored_tokens = 0
+    nats = byte_count = torch.zeros((), dtype=torch.float64)
+    scored_tokens = 0
     bar = _bar(progress, len(starts), "windows")
     for first in range(0, len(starts), batch_size):
         rows = [stream[s : s + window + 1] for s in starts[first : first + batch_size]]
@@ -85,16 +105,15 @@ def bits_per_byte(
         inputs, targets = ids[:, :-1], ids[:, 1:]
         documents = (inputs == lm.bos).cumsum(dim=1)
         logits = lm.logits(inputs, mask=valid[:, :-1], document_ids=documents)
-        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         counted = valid[:, 1:] & (targets != lm.bos)
-        nats += nll.double()[counted].sum().cpu()
-        scored_bytes += int(token_bytes[targets][counted].sum())
+        nats = nats + target_nll(logits, targets, counted).sum().cpu()
+        byte_count = byte_count + scored_bytes(targets, counted, lm.token_bytes).cpu()
         scored_tokens += int(counted.sum())
         bar.update(len(rows))
     bar.close()
-    if scored_bytes == 0:
+    if byte_count == 0:
         raise InvalidArgument("no bytes were scored: the text holds only document starts")
-    return BitsPerByte(float(nats) / math.log(2) / scored_bytes, scored_bytes, scored_tokens, len(starts))
+    return BitsPerByte(bits(nats, byte_count), int(byte_count), scored_tokens, len(starts))
 
 
 def _bar(enabled: bool, total: int, unit: str):

@@ -17,6 +17,18 @@ from ..model import HNetForCausalLM
 TOKENIZER_FILE = "tokenizer.json"
 
 
+def token_byte_table(vocab_size: int, tokenizer=None) -> torch.Tensor:
+    """(V,) UTF-8 bytes of every id: 1 per byte id (0 for BOS) for a byte model, each token's length (0 for special
+    tokens) with a ``tokenizers`` tokenizer. Summed over targets it turns token NLL into bits per byte."""
+    if tokenizer is not None:
+        from ..data.tokens import token_byte_lengths
+
+        return token_byte_lengths(tokenizer)
+    table = torch.ones(vocab_size, dtype=torch.long)
+    table[BOS] = 0
+    return table
+
+
 class ByteLM:
     """A byte-level model: ids are the UTF-8 bytes, BOS = 254."""
 
@@ -24,8 +36,7 @@ class ByteLM:
 
     def __init__(self, model: HNetForCausalLM):
         self.model = model.eval()
-        self.token_bytes = torch.ones(model.config.vocab_size, dtype=torch.long)
-        self.token_bytes[BOS] = 0
+        self.token_bytes = token_byte_table(model.config.vocab_size)
 
     @property
     def device(self) -> torch.device:
@@ -50,7 +61,7 @@ class TokenLM(ByteLM):
     """A token model with a Hugging Face ``tokenizers`` tokenizer whose special token ``<bos>`` starts documents."""
 
     def __init__(self, model: HNetForCausalLM, tokenizer):
-        from ..data.tokens import BOS_TOKEN, token_byte_lengths
+        from ..data.tokens import BOS_TOKEN
 
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -61,7 +72,7 @@ class TokenLM(ByteLM):
             raise ConfigError(
                 f"the tokenizer has {tokenizer.get_vocab_size()} ids but the model {model.config.vocab_size}"
             )
-        self.token_bytes = token_byte_lengths(tokenizer)
+        self.token_bytes = token_byte_table(model.config.vocab_size, tokenizer)
 
     def encode(self, text: str | bytes) -> list[int]:
         if isinstance(text, bytes):

@@ -1,5 +1,5 @@
-"""The training objective (next-byte cross-entropy + alpha * ratio losses, plus the optional boundary warm start)
-and the routing statistics we report.
+"""The training objective: next-byte cross-entropy + alpha * ratio losses, plus the optional boundary warm start.
+(The routing statistics the trainer reports are :mod:`dynamic_chunker.evaluation.boundaries`'.)
 
 The one definition of the loss: the trainer, ``reference.verify_reference`` and every benchmark call it.
 
@@ -10,17 +10,14 @@ where the next document of a packed row begins, so that byte is noise in the los
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..chunking import ratio_loss
-from ..evaluation.boundaries import boundary_counts
-from ..evaluation.targets import stage_targets
 from ..layers.precision import upcast
-from ..model import HNetOutput, routing_positions
+from ..model import HNetOutput
 
 IGNORE = -100
 RATIO_LOSS_WEIGHT = 0.03  # alpha, the paper's weight of the ratio losses (the default of a config's ratio.alpha)
@@ -90,72 +87,3 @@ def warm_start_loss(prob: torch.Tensor, targets: torch.Tensor, counted: torch.Te
 def warm_start_weight(weight: float, until: float, progress: float) -> float:
     """Linear decay from ``weight`` at progress 0 to exactly 0 at ``until`` (and after)."""
     return weight * max(0.0, 1.0 - progress / until)
-
-
-def free_positions(output: HNetOutput, documents: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per stage: positions[s] (B, L_s), the byte each position starts at, and the positions whose boundary the
-    router decides (valid, and neither a row start nor a document start, where a boundary is forced)."""
-    positions = routing_positions(output.routing)
-    free = []
-    for r, where in zip(output.routing, positions, strict=True):
-        docs = documents.gather(1, where)
-        forced = F.pad(docs[:, 1:] != docs[:, :-1], (1, 0), value=True)
-        free.append(~forced if r.mask is None else r.mask & ~forced)
-    return positions, free
-
-
-@torch.no_grad()
-def routing_sums(
-    output: HNetOutput,
-    documents: torch.Tensor,
-    references: dict[str, torch.Tensor],
-    surprisal: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Counts to add up over batches and processes, then :func:`summarize`.
-
-    Per stage s: valid positions, boundaries, summed boundary probability; per reference set (B, L) over the bytes
-    (``at_whitespace`` only at stage 0) the counts of :func:`boundary_counts` on the stage's free positions; with
-    ``surprisal`` (B, L, -log p of each input byte, NaN where unknown) its sums at chunk starts and elsewhere.
-    """
-    positions, free = free_positions(output, documents)
-    sums = {}
-    for s, r in enumerate(output.routing):
-        sums[f"positions_{s}"] = r.boundary_mask.numel() if r.mask is None else r.mask.sum()
-        sums[f"boundaries_{s}"] = r.boundary_mask.sum()
-        sums[f"prob_{s}"] = (r.boundary_prob if r.mask is None else r.boundary_prob * r.mask).float().sum()
-        for name, reference in references.items():
-            if s == 0 or name != "at_whitespace":
-                counts = boundary_counts(r.boundary_mask, stage_targets(reference, positions[s]), free[s])
-                sums.update(zip((f"hits_{name}_{s}", f"chosen_{name}_{s}", f"refs_{name}_{s}"), counts))
-        if surprisal is not None:
-            value = surprisal.gather(1, positions[s])
-            known = free[s] & ~value.isnan()
-            value = value.nan_to_num()
-            for where, mask in (("starts", known & r.boundary_mask), ("other", known & ~r.boundary_mask)):
-                sums[f"surprisal_{where}_{s}"] = (value * mask).sum()
-                sums[f"count_{where}_{s}"] = mask.sum()
-    return {k: torch.as_tensor(v, dtype=torch.float64, device=documents.device) for k, v in sums.items()}
-
-
-def summarize(sums: dict[str, float], stages: int, prefix: str = "") -> dict[str, float]:
-    """Per stage s: ``compression_s`` (positions per chunk = N realised), ``bytes_per_chunk_s`` (bytes per chunk of
-    stage s, cumulative), ``boundary_prob_s`` (mean p), ``precision_REF_s`` / ``recall_REF_s`` of the unforced
-    boundaries against each reference set, and ``enrichment_s`` (mean surprisal of the bytes that start a chunk over
-    the mean at the stage's other positions)."""
-    out = {}
-    for s in range(stages):
-        positions, boundaries = sums[f"positions_{s}"], max(sums[f"boundaries_{s}"], 1)
-        out[f"{prefix}compression_{s}"] = positions / boundaries
-        out[f"{prefix}bytes_per_chunk_{s}"] = sums["positions_0"] / boundaries
-        out[f"{prefix}boundary_prob_{s}"] = sums[f"prob_{s}"] / max(positions, 1)
-        for key in sums:
-            if key.startswith("hits_") and key.endswith(f"_{s}"):
-                name = key[len("hits_") : -len(f"_{s}")]
-                hits, chosen, refs = (sums[f"{k}_{name}_{s}"] for k in ("hits", "chosen", "refs"))
-                out[f"{prefix}precision_{name}_{s}"] = hits / chosen if chosen else math.nan
-                out[f"{prefix}recall_{name}_{s}"] = hits / refs if refs else math.nan
-        if f"count_starts_{s}" in sums:
-            starts = sums[f"surprisal_starts_{s}"] / max(sums[f"count_starts_{s}"], 1)
-            other = sums[f"surprisal_other_{s}"] / max(sums[f"count_other_{s}"], 1)
-            out[f"{prefix}enrichment_{s}"] = starts / other if other else math.nan
-    return out

@@ -26,7 +26,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import ByteWindows, PreparedCorpus
 from ..data.corpus import MANIFEST
 from ..errors import ConfigError, OutputFolderError, UserError
-from ..evaluation.targets import BPE_FILE, TARGETS, bpe_for_corpus, stage_targets, target_bytes
+from ..evaluation.boundaries import free_positions, reference_sets, routing_summary, routing_sums
+from ..evaluation.bpb import bits, scored_bytes, target_nll
+from ..evaluation.lm import token_byte_table
+from ..evaluation.targets import BPE_FILE, bpe_for_corpus, stage_targets, target_bytes
 from ..files import atomic_write
 from ..model import HNetForCausalLM
 from . import distributed
@@ -34,16 +37,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import TrainConfig
 from .interrupt import StopRequest
 from .logs import RunLog, plot_curves
-from .objective import (
-    IGNORE,
-    compute_losses,
-    free_positions,
-    routing_sums,
-    split_batch,
-    summarize,
-    warm_start_loss,
-    warm_start_weight,
-)
+from .objective import IGNORE, compute_losses, split_batch, warm_start_loss, warm_start_weight
 from .optim import build_optimizer
 from .run_folder import CHECKPOINT, RunLock, check_run_folder, remove_stale_temporaries
 from .schedule import WarmupStableDecay
@@ -197,18 +191,16 @@ class Trainer:
         )
         self.train_windows, self.val_windows = open_data(config, self.out_dir)
         self.corpus_hash = corpus_digest(Path(cfg.data.corpus))
-        # UTF-8 bytes per target id: validation BPB of a token model divides its NLL by the bytes of the same text
-        self.token_bytes = torch.ones(self.model_config.vocab_size, dtype=torch.float64, device=rt.device)
+        # UTF-8 bytes per target id: the BPB of a token model divides its NLL by the bytes of the same text
+        tokenizer = None
         if config.data.tokenizer is not None:
-            from ..data.tokens import token_byte_lengths
-
             tokenizer = load_tokenizer(config, self.out_dir)
             if tokenizer.get_vocab_size() != self.model_config.vocab_size:
                 raise ConfigError(
                     f"the tokenizer has {tokenizer.get_vocab_size()} ids but the model's vocab_size is "
                     f"{self.model_config.vocab_size}"
                 )
-            self.token_bytes = token_byte_lengths(tokenizer).to(rt.device, torch.float64)
+        self.token_bytes = token_byte_table(self.model_config.vocab_size, tokenizer).to(rt.device)
         self.train_windows.steps_per_epoch(self.micro_batch, rt.world_size)  # enough data for one batch?
         # a fixed validation set: windows spread evenly over the split, so that it spans many documents
         count = min(cfg.eval.windows, len(self.val_windows))
@@ -366,19 +358,15 @@ class Trainer:
                 f"the loss became non-finite at step {self.step + 1}; lower optimizer.lr or set train.grad_clip"
             )
         # bits per byte: a token model's targets hold several bytes each (self.token_bytes)
-        targets_bytes = sum(self.token_bytes[t.clamp(min=0)][t != IGNORE].sum() for _, _, t in parts)
-        byte_count = max(float(distributed.all_reduce(targets_bytes.double(), rt)), 1.0)
+        targets_bytes = sum(scored_bytes(t, t != IGNORE, self.token_bytes) for _, _, t in parts)
+        byte_count = max(float(distributed.all_reduce(targets_bytes, rt)), 1.0)
         warm_term = sum(w * v for w, v in zip(weights, warms) if w > 0)
-        row = {
-            "loss": ce + cfg.ratio.alpha * sum(ratios) + warm_term,
-            "ce": ce,
-            "bpb": float(totals[0]) / byte_count / math.log(2),
-        }
+        row = {"loss": ce + cfg.ratio.alpha * sum(ratios) + warm_term, "ce": ce, "bpb": bits(totals[0], byte_count)}
         row.update({f"ratio_loss_{s}": r for s, r in enumerate(ratios)})
         for s, target in enumerate(self.warm_targets):
             if target != "none":  # the BCE is logged on after its weight reached 0: how far boundaries drift
                 row.update({f"warm_start_weight_{s}": weights[s], f"warm_start_loss_{s}": warms[s]})
-        row.update(summarize(dict(zip(stats, totals[1 + 2 * self.stages :].tolist())), self.stages))
+        row.update(routing_summary(dict(zip(stats, totals[1 + 2 * self.stages :].tolist())), self.stages))
         return row
 
     def warm_start_weights(self) -> list[float]:
@@ -395,8 +383,7 @@ class Trainer:
         every set (bpe with a tokenizer) for validation."""
         if self.config.data.tokenizer is not None:  # a token model: its ids are not bytes
             return {}
-        names = ["after_whitespace"] if train else [n for n in TARGETS if n != "bpe" or self.tokenizer is not None]
-        return {name: target_bytes(name, inputs, self.tokenizer) for name in names}
+        return reference_sets(inputs, self.tokenizer, ["after_whitespace"] if train else None)
 
     def warm_start_losses(self, output, inputs: torch.Tensor, documents: torch.Tensor) -> list[torch.Tensor]:
         """The warm-start BCE of every stage (zero for stages without a target), with gradients."""
@@ -428,7 +415,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation bits-per-byte and routing statistics over the fixed validation windows (split over ranks)."""
+        """Validation bits-per-byte and routing statistics over the fixed validation windows (split over ranks), both
+        computed by :mod:`dynamic_chunker.evaluation` (``hnet eval bpb`` and ``hnet boundaries`` use the same)."""
         rt, cfg = self.runtime, self.config
         indices = self.eval_indices[rt.rank :: rt.world_size]
         sums: dict[str, torch.Tensor] = {}
@@ -439,19 +427,18 @@ class Trainer:
             inputs, documents, targets = split_batch(ids, docs)
             with self.autocast:
                 losses = compute_losses(self.model, inputs, documents, targets, cfg.ratio.targets)
-            logits = losses.output.logits.float()
-            ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
-            # surprisal of input byte t is the loss of predicting it at t - 1 (unknown for the first byte and BOS)
-            surprisal = F.pad(ce.masked_fill(targets == IGNORE, math.nan)[:, :-1], (1, 0), value=math.nan)
             counted = targets != IGNORE
-            batch = {"ce": losses.ce_sum.double(), "targets": self.token_bytes[targets.clamp(min=0)][counted].sum()}
-            batch.update(routing_sums(losses.output, documents, self.references(inputs), surprisal.double()))
+            nll = target_nll(losses.output.logits, targets, counted)
+            # surprisal of input byte t is the loss of predicting it at t - 1 (unknown for the first byte and BOS)
+            surprisal = F.pad(nll.masked_fill(~counted, math.nan)[:, :-1], (1, 0), value=math.nan)
+            batch = {"nats": nll.sum(), "bytes": scored_bytes(targets, counted, self.token_bytes)}
+            batch.update(routing_sums(losses.output, documents, self.references(inputs), surprisal))
             for key, value in batch.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(value, dtype=torch.float64, device=rt.device)
         self.model.train()
         totals = dict(zip(sums, distributed.all_reduce(torch.stack(list(sums.values())), rt).tolist()))
-        row = {"val_bpb": totals["ce"] / max(totals["targets"], 1) / math.log(2)}
-        row.update(summarize(totals, self.stages, prefix="val_"))
+        row = {"val_bpb": bits(totals["nats"], max(totals["bytes"], 1))}
+        row.update(routing_summary(totals, self.stages, prefix="val_"))
         return row
 
     # -------------------------------------------------------------------- loop
