@@ -4,6 +4,7 @@ perturbations, robustness score, boundary F1 and reports."""
 import json
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -196,6 +197,16 @@ def test_acc_and_acc_norm_on_a_toy_task_with_known_logliks():
     assert score(greedy, [Loglik(-1.0, True, 1), Loglik(-0.1, False, 1)]) == {"acc": 0.5, "items": 2}
 
 
+def test_acc_norm_divides_by_the_characters_of_the_choice_without_the_delimiter():
+    """The harness: completion_len = len(choice) for the choice strings, while the request's continuation is
+    target_delimiter + choice. " a" -1.0 vs " bb" -1.9: -1.0 / 1 < -1.9 / 2 picks " bb" (dividing by the
+    continuations' 2 and 3 characters would pick " a"); " é" is one character (two UTF-8 bytes)."""
+    task = Task("toy", [Item(["q"] * 2, [" a", " bb"], gold=1), Item(["q"] * 2, [" é", " bb"], gold=1)])
+    result = score(task, [Loglik(v, False, 1) for v in (-1.0, -1.9, -1.0, -1.9)])
+    assert result["acc_norm"] == 1.0 and result["acc"] == 0.0
+    assert Task("t", [], delimiter="\n").choice("\nx y") == "x y"
+
+
 @pytest.mark.parametrize("name", list(TASKS))
 def test_every_task_loads_with_valid_items(name):
     task = load_task(name)
@@ -214,6 +225,12 @@ def test_task_formats_follow_the_harness():
     assert wino.contexts == ["The city councilmen refused the demonstrators a permit because The city councilmen",
                              "The city councilmen refused the demonstrators a permit because the demonstrators"]
     assert wino.continuations[0] == " feared violence." and wino.gold == 0
+    zh = load_task("xwinograd_zh", 1).items[0]  # the harness adds its delimiter in every language
+    assert zh.continuations == [" 担心暴力事件。"] * 2
+    assert zh.contexts[0] == "市政府拒绝给示威者颁发游行许可证，因市政府"
+    grande = load_task("winogrande", 1).items[0]
+    assert grande.contexts[1] == "Sarah was a much better surgeon than Maria so Maria"
+    assert grande.continuations == [" always got the easier cases."] * 2 and grande.gold == 1
     assert load_task("lambada", 1).items[0].continuations == [" signs"]
 
 
@@ -242,6 +259,19 @@ def test_perturbations_on_a_fixed_seed():
     repeated = perturb("repeat", text, 2)
     assert len(repeated) > len(text) and "".join(dict.fromkeys(repeated)) == "".join(dict.fromkeys(text))
     assert perturb("repeat", "ab" * 200, 5) != perturb("repeat", "ab" * 200, 6)
+    rng = random.Random(4)  # each character: with p 0.2, 2 to 4 copies in all
+    assert perturb("repeat", text, 4) == "".join(c * rng.randint(2, 4) if rng.random() < 0.2 else c for c in text)
+    rng = random.Random(5)
+    assert perturb("random_case", text, 5) == "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in text)
+
+
+def test_perturbation_rates_match_the_blt_definitions():
+    text = "abcdefghij" * 2000
+    assert abs(1 - len(perturb("drop", text, 0)) / len(text) - 0.1) < 0.01  # 10% of the characters dropped
+    assert abs(sum(c.isupper() for c in perturb("random_case", text, 0)) / len(text) - 0.5) < 0.02
+    runs = [len(m.group()) for m in re.finditer(r"(.)\1*", perturb("repeat", text, 0))]  # text: no doubled letters
+    assert set(runs) == {1, 2, 3, 4} and abs(sum(r > 1 for r in runs) / len(text) - 0.2) < 0.015
+    assert perturb("antspeak", "ab c", 0) == "A B   C" and perturb("uppercase", "straße", 0) == "STRASSE"
     assert set(PERTURBATIONS) == {"antspeak", "drop", "random_case", "repeat", "uppercase"}
     with pytest.raises(ValueError, match="unknown perturbation"):
         perturb("shout", text, 0)
@@ -253,6 +283,9 @@ def test_perturbed_task_is_seeded_per_item_and_keeps_golds():
     assert [i.gold for i in noisy.items] == [i.gold for i in task.items]
     assert noisy.items[1].contexts == perturbed_task(load_task("hellaswag", 2), "drop", seed=7).items[1].contexts
     assert perturbed_task(task, "antspeak").items[0].continuations[0].startswith(" I S ")
+    for name in PERTURBATIONS:  # the choices are noised, the delimiter in front of them is kept as it is
+        for item in perturbed_task(task, name, seed=3).items:
+            assert all(c.startswith(" ") and not c.startswith("  ") for c in item.continuations), (name, item)
 
 
 def test_robustness_score():

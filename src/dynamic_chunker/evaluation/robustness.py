@@ -4,6 +4,7 @@ with every context and ending perturbed, and the robustness score 100 * (perturb
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from .lm import ByteLM
@@ -15,17 +16,18 @@ METRIC = "acc_norm"  # HellaSwag's usual metric
 
 
 def perturbed_task(task: Task, name: str, seed: int = 0) -> Task:
-    """``task`` with every context and continuation perturbed; item i, field j uses seed ``f"{seed}:{i}:{j}"`` so an
-    item's noise does not depend on which other items are evaluated."""
+    """``task`` with every context and every choice perturbed (the delimiter before a choice stays as it is, so
+    acc_norm divides by the noised choice's length); item i, text j uses seed ``f"{seed}:{i}:{j}"`` so an item's
+    noise does not depend on which other items are evaluated."""
     items = []
     for i, item in enumerate(task.items):
-        texts = [*dict.fromkeys(item.contexts), *item.continuations]
-        noisy = {t: perturb(name, t, f"{seed}:{i}:{j}") for j, t in enumerate(texts)}
-        continuations = [noisy[c] for c in item.continuations]
-        if name == "antspeak":  # keep the space that separates context and ending: " x" -> " X" not "  X"
-            continuations = [" " + c.lstrip(" ") for c in continuations]
-        items.append(Item([noisy[c] for c in item.contexts], continuations, item.gold))
-    return Task(f"{task.name}_{name}", items, task.greedy, task.metrics)
+        contexts = list(dict.fromkeys(item.contexts))
+        choices = [task.choice(c) for c in item.continuations]
+        noisy = [perturb(name, t, f"{seed}:{i}:{j}") for j, t in enumerate([*contexts, *choices])]
+        context_of = dict(zip(contexts, noisy[: len(contexts)], strict=True))
+        continuations = [task.delimiter + c for c in noisy[len(contexts) :]]
+        items.append(Item([context_of[c] for c in item.contexts], continuations, item.gold))
+    return dataclasses.replace(task, name=f"{task.name}_{name}", items=items)
 
 
 def robustness_score(perturbed: float, clean: float) -> float:

@@ -1,9 +1,14 @@
-"""Zero-shot tasks scored by log-likelihood, as the lm-evaluation-harness does.
+"""Zero-shot tasks scored by log-likelihood, as the lm-evaluation-harness does (``lm_eval/api/task.py``,
+``process_results`` of ``multiple_choice`` and ``loglikelihood`` tasks; checked against its source).
 
-Multiple choice: each choice is a (context, continuation) request; ``acc`` picks the highest summed log-likelihood,
-``acc_norm`` the highest log-likelihood divided by the continuation's length in characters (the harness's
-``acc_norm``). Partial scoring (WinoGrande, XWinograd): the choices differ in the context and share the
-continuation. Greedy tasks (LAMBADA): ``acc`` is the share of items whose continuation greedy decoding reproduces.
+Multiple choice: choice j is the request (context, delimiter + choice_j), the delimiter being the harness's
+``target_delimiter`` (" "). ``acc`` picks the highest summed log-likelihood; ``acc_norm`` the highest
+log-likelihood divided by ``len(choice_j)``, the number of *characters* of the choice string without the delimiter
+(the harness's ``completion_len``; characters, not bytes or tokens). Ties go to the first choice (``np.argmax``).
+Partial scoring (WinoGrande, XWinograd, the harness's "multiple input" mode): the choices are contexts (the sentence
+up to the blank with each option filled in) and share the continuation (delimiter + the rest of the sentence);
+only ``acc`` is reported. Greedy tasks (LAMBADA, ``lambada_openai``): ``acc`` is the share of items whose whole
+continuation (delimiter + last word) greedy decoding reproduces (the harness's ``is_greedy``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ class Task:
     items: list[Item]
     greedy: bool = False  # LAMBADA-style: accuracy of greedy decoding of the single continuation
     metrics: tuple[str, ...] = field(default=("acc", "acc_norm"))
+    delimiter: str = " "  # the harness's target_delimiter: starts every continuation; not counted by acc_norm
+
+    def choice(self, continuation: str) -> str:
+        """The choice string behind a continuation (without the delimiter): what acc_norm divides by."""
+        return continuation.removeprefix(self.delimiter)
 
 
 def read_text(name: str) -> str:
@@ -58,7 +68,7 @@ def score(task: Task, logliks: list[Loglik]) -> dict[str, float]:
             correct += all(r.greedy for r in results)
             continue
         raw = [r.logprob for r in results]
-        norm = [r.logprob / max(len(c), 1) for r, c in zip(results, item.continuations, strict=True)]
+        norm = [r.logprob / max(len(task.choice(c)), 1) for r, c in zip(results, item.continuations, strict=True)]
         correct += max(range(n), key=raw.__getitem__) == item.gold
         correct_norm += max(range(n), key=norm.__getitem__) == item.gold
     out = {"acc": correct / len(task.items), "items": len(task.items)}

@@ -1,4 +1,9 @@
-"""HellaSwag validation: context "activity: ctx", four endings; the harness's text clean-up."""
+"""HellaSwag validation: context "activity: ctx", four endings; the harness's text clean-up.
+
+One known difference from the harness: it builds the context as ``ctx_a + " " + ctx_b.capitalize()``, but the shipped
+text (klosax/hellaswag_text_data) holds only the joined ``ctx``, so ``ctx_b`` keeps its lower-case first letter
+("... on a roof. he" where the harness reads "... on a roof. He"). The same for every choice of an item.
+"""
 
 from __future__ import annotations
 

@@ -37,8 +37,10 @@ def _pronoun_span(sentence: str, tokens: list[str], span: list[int]) -> tuple[in
 
 
 def xwinograd(language: str) -> Task:
-    """XWinograd items of one language: context = sentence up to the pronoun with a candidate in its place,
-    continuation = the rest of the sentence (where there is none, the candidates are the continuations)."""
+    """XWinograd items of one language as the harness's ``xwinograd_*`` (which reads the same sentences with the
+    pronoun as "_"): context = sentence up to the pronoun with a candidate in its place, continuation = " " + the rest
+    of the sentence stripped (the space is added in every language, Chinese and Japanese included, as the harness
+    does). Where nothing follows the pronoun (10 Russian items) the candidates are the continuations instead."""
     if language not in XWINOGRAD_LANGUAGES:
         raise InvalidArgument(f"unknown XWinograd language {language!r}; choose from {', '.join(XWINOGRAD_LANGUAGES)}")
     items = []
@@ -48,10 +50,10 @@ def xwinograd(language: str) -> Task:
             continue
         sentence, tokens, pronoun, candidates = fields[3], *(json.loads(f) for f in fields[4:7])
         start, end = _pronoun_span(sentence, tokens, pronoun[1])
-        rest = sentence[end:].rstrip()
+        rest = sentence[end:].strip()
         gold = [c[3] for c in candidates].index(True)
         if rest:
-            items.append(Item([sentence[:start] + c[0] for c in candidates], [rest] * len(candidates), gold))
+            items.append(Item([sentence[:start] + c[0] for c in candidates], [" " + rest] * len(candidates), gold))
         else:  # the pronoun ends the sentence (10 Russian items): nothing to score after it, so score the candidates
             head = sentence[:start].rstrip(" ")
             items.append(Item([head] * len(candidates), [sentence[len(head) : start] + c[0] for c in candidates], gold))
