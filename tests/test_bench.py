@@ -1,16 +1,20 @@
 """hnet bench end to end on a tiny suite (a few steps per model): sizing, training, evaluation, table, plots, resume."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
-from dynamic_chunker.bench import Suite, plan
+from dynamic_chunker.bench import Suite, _train_config, plan
 from dynamic_chunker.cli import main
+from dynamic_chunker.training.logs import read_csv
 
 from .test_evaluation import ISOTROPIC, ONE_STAGE
 from .test_training import corpus  # noqa: F401  (a fixture)
 
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny_1stage.yaml")
 TRAIN = {"optimizer": {"lr": 3e-3}, "train": {"steps": 1, "batch_size": 4}, "eval": {"batch_size": 4}}
 
 
@@ -34,7 +38,8 @@ def tiny_suite(tmp_path, corpus):  # noqa: F811
         "out": str(tmp_path / "results"),
         "budget": {"bytes": 4 * 64 * 3, "seq_len": 64, "batch_size": 4},
         "reference": "hnet",
-        "eval": {"bpb_windows": 2, "val_windows": 2, "tasks": ["piqa", "lambada"], "limit": 1, "robustness_limit": 1},
+        "eval": {"bpb_windows": 2, "val_windows": 2, "tasks": ["piqa", "lambada"], "limit": 1, "robustness_limit": 1,
+                 "continuation": 2},
         "models": [
             {"id": "hnet", "name": "H-Net", "config": one},
             {"id": "bytes", "name": "LlamaByte", "config": byte, "match_flops": True},
@@ -61,11 +66,50 @@ def test_bench_trains_evaluates_and_resumes_a_tiny_suite(tmp_path, corpus, capsy
     assert "| LlamaByte |" in table and "Zero-shot" in table and "Noised HellaSwag" in table
     assert (tmp_path / "results" / "tiny_bpb.png").stat().st_size > 0
     assert (tmp_path / "results" / "tiny_compression.png").stat().st_size > 0
+    assert results["hnet"]["tasks"]["continuation"]["items"] == 2  # eval.continuation: the sanity check
     # finished models are loaded, not retrained
     before = (tmp_path / "runs" / "hnet" / "model.safetensors").stat().st_mtime_ns
     assert main(["bench", path, "--no-progress"]) == 0
     assert (tmp_path / "runs" / "hnet" / "model.safetensors").stat().st_mtime_ns == before
+    # a session that ended during evaluation (checkpoint, no bench.json) evaluates without training again; one that
+    # ended before the first checkpoint (only logs in the folder) trains again from scratch
+    runs = tmp_path / "runs"
+    (runs / "hnet" / "bench.json").unlink()
+    for name in ("bench.json", "checkpoint.pt", "model.safetensors"):
+        (runs / "bytes" / name).unlink()
+    assert main(["bench", path, "--no-progress"]) == 0
+    again = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert (runs / "hnet" / "model.safetensors").stat().st_mtime_ns == before
+    assert again["hnet"]["val_bpb"] == results["hnet"]["val_bpb"] and again["bytes"]["steps"] == 3
+    assert [r["step"] for r in read_csv(runs / "bytes" / "train.csv")] == [1, 2, 3]  # the old logs were replaced
     capsys.readouterr()
+
+
+def test_model_overrides_as_a_mapping_or_a_list(tmp_path):
+    models = [
+        {"id": "a", "config": TINY, "overrides": {"warm_start.stages": [], "train.seed": 3}},
+        {"id": "b", "config": TINY, "overrides": ["warm_start.stages=[{target: none}]"]},
+        {"id": "c", "config": TINY},
+    ]
+    budget = {"bytes": 64, "seq_len": 8, "batch_size": 1}
+    suite = {"name": "x", "corpus": "c", "runs": "r", "out": "o", "budget": budget, "models": models}
+    loaded = Suite.load(write(tmp_path / "s.yaml", suite))
+    configs = {m.id: _train_config(loaded, m) for m in loaded.models}
+    assert configs["a"].warm_start_targets() == ["none"] and configs["a"].train.seed == 3
+    assert configs["b"].warm_start_targets() == ["none"]
+    assert configs["c"].warm_start_targets() == ["after_whitespace"]  # the config's own warm start
+    for bad, message in (({"id": "a", "config": "c", "override": []}, "unknown model key"),
+                         ({"id": "a", "config": "c", "overrides": "train.seed"}, "mapping or a list")):
+        with pytest.raises(ValueError, match=message):
+            Suite.load(write(tmp_path / "s.yaml", {**suite, "models": [bad]}))
+
+
+@pytest.mark.parametrize("name", ["paper_small", "languages"])
+def test_bundled_suites_train_the_papers_h_net(name):
+    """The suites compare the paper's H-Net (no boundary warm start) with the baselines."""
+    for suite in Suite.load_all(ROOT / "benchmarks" / "suites" / f"{name}.yaml"):
+        for model in suite.models:
+            assert set(_train_config(suite, model).warm_start_targets()) <= {"none"}, model.id
 
 
 def test_a_suite_over_several_corpora_runs_once_per_corpus(tmp_path):

@@ -11,6 +11,7 @@ from dynamic_chunker.data.corpus import CorpusSplit
 from dynamic_chunker.data.tokens import documents, train_bpe
 
 from .test_evaluation import ISOTROPIC, ONE_STAGE, TEXT
+from .test_training import corpus  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -34,6 +35,21 @@ def test_eval_bpb_tasks_and_robustness_write_reports(model_dir, capsys):
     rows = json.loads((out / "robustness.json").read_text())["results"]["HellaSwag under noise"]
     assert set(rows) == {"clean", "uppercase"} and "robustness" in rows["uppercase"]
     assert "| uppercase |" in capsys.readouterr().out
+
+
+def test_eval_tasks_runs_the_continuation_sanity_check_on_a_corpus(model_dir, corpus, capsys):  # noqa: F811
+    args = ["eval", "tasks", str(model_dir), "--corpus", str(corpus), "--limit", "3", "--seed", "1", "--no-progress"]
+    assert main(args) == 0
+    report = json.loads((model_dir / "eval" / "tasks.json").read_text())
+    assert set(report["results"]["zero-shot"]) == {"continuation"}  # --corpus alone: only the sanity check
+    assert report["results"]["zero-shot"]["continuation"]["items"] == 3
+    assert report["meta"]["continuation"].endswith("(train), seed 1")
+    assert main([*args, "--tasks", "piqa"]) == 0
+    assert set(json.loads((model_dir / "eval" / "tasks.json").read_text())["results"]["zero-shot"]) == {
+        "piqa",
+        "continuation",
+    }
+    capsys.readouterr()
 
 
 def test_eval_of_a_token_model_reads_its_tokenizer(tmp_path):

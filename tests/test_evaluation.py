@@ -243,6 +243,71 @@ def test_partial_scoring_ranks_contexts_by_the_shared_continuation():
     assert score(task, lls)["acc"] == sum(expected) / 2
 
 
+class MemorisingLM(ByteLM):
+    """A hand-made byte model with known log-likelihoods: next-byte logits 10 * ln(1 + count) of each byte seen after
+    the same ``order`` previous ids in ``texts`` (0 for unseen bytes); ``texts=[]`` makes it uniform."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, texts: list[str], order: int = 6):
+        from collections import Counter, defaultdict
+
+        from dynamic_chunker.evaluation.lm import token_byte_table
+
+        self.order, self.token_bytes = order, token_byte_table(256)
+        self.seen = defaultdict(Counter)
+        for text in texts:
+            ids = [self.bos, *text.encode()]
+            for i in range(1, len(ids)):
+                self.seen[tuple(ids[max(0, i - order) : i])][ids[i]] += 1
+
+    def logits(self, ids, mask=None, document_ids=None):
+        out = torch.zeros(*ids.shape, 256, dtype=torch.float64)
+        for b, row in enumerate(ids.tolist()):
+            for t in range(len(row)):
+                for following, count in self.seen.get(tuple(row[max(0, t + 1 - self.order) : t + 1]), {}).items():
+                    out[b, t, following] = 10 * math.log(1 + count)
+        return out
+
+
+def salad(seed: int, documents: int = 12, words: int = 120) -> list[str]:
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocabulary = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 8))) for _ in range(300)]
+    return [" ".join(rng.choice(vocabulary) for _ in range(words)) + "." for _ in range(documents)]
+
+
+def test_continuation_task_is_built_from_the_corpus_and_seeded():
+    from dynamic_chunker.evaluation.tasks.continuation import continuation_task
+
+    texts = salad(0)
+    task = continuation_task(texts, items=30, context=50, length=20, seed=1)
+    assert task == continuation_task(texts, items=30, context=50, length=20, seed=1)
+    assert task != continuation_task(texts, items=30, context=50, length=20, seed=2)
+    assert {item.gold for item in task.items} == {0, 1, 2, 3}
+    for item in task.items:
+        true = item.continuations[item.gold]
+        assert any(item.contexts[0] + true in t for t in texts) and len(item.contexts[0]) == 50
+        assert all(len(c) == 20 and any(c in t for t in texts) for c in item.continuations)
+        assert not any(item.contexts[0] + c in t for c in item.continuations if c != true for t in texts)
+    with pytest.raises(ValueError, match="at least 2 documents"):
+        continuation_task(["short", "x" * 500], context=50, length=20)
+
+
+def test_the_pipeline_scores_a_model_that_knows_the_text_far_above_chance():
+    """Sanity check of loglik + scoring: a model that has memorised the corpus picks the true continuation; a uniform
+    one ties everywhere, so it picks choice 0 and scores the share of items whose gold is 0 (chance)."""
+    from dynamic_chunker.evaluation.tasks import evaluate
+    from dynamic_chunker.evaluation.tasks.continuation import continuation_task
+
+    texts = salad(3)
+    task = continuation_task(texts, items=40, context=40, length=16, seed=0)
+    knows = evaluate(MemorisingLM(texts), task)
+    assert knows["acc"] >= 0.95 and knows["acc_norm"] == knows["acc"]
+    uniform = evaluate(MemorisingLM([]), task)
+    assert uniform["acc"] == sum(item.gold == 0 for item in task.items) / len(task.items) < 0.5
+
+
 # -------------------------------------------------------------------------------------------- robustness
 
 

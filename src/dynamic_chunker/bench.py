@@ -17,8 +17,13 @@ Suite YAML::
     reference: hnet_1stage                # FLOPs per byte of this model are the target
     eval: {bpb_windows: 64, tasks: [lambada, hellaswag], limit: 200, robustness_limit: 200}
     models:
-      - {id: hnet_1stage, name: H-Net 1-stage, config: configs/tiny_1stage.yaml}
+      - {id: hnet_1stage, name: H-Net 1-stage, config: configs/tiny_1stage.yaml,
+         overrides: {warm_start.stages: [{target: none}]}}   # config keys changed for this suite (or ["k=v", ...])
       - {id: llamabyte, name: LlamaByte, config: configs/baselines/llamabyte.yaml, match_flops: true}
+
+``eval.continuation: N`` adds the sanity-check task ``continuation`` (N items from the suite corpus's training split:
+the true continuation of a passage against passages from other documents, chance 0.25) to every model's tasks.
+A model's run folder without a checkpoint (stopped before its first one) is started again from scratch.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .files import atomic_write
 
 BENCH_FILE = "bench.json"
 
@@ -42,7 +48,22 @@ class SuiteModel:
     config: str
     name: str = ""
     match_flops: bool = False
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # "section.key=value" (YAML values), applied to the config
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Path) -> SuiteModel:
+        """A ``models`` entry; ``overrides`` may also be a mapping {"section.key": value}."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown model key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        data = dict(data)
+        overrides = data.get("overrides") or []
+        if isinstance(overrides, dict):  # JSON is YAML: the values reach load_config's override parser unchanged
+            overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+        if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+            raise ConfigError(f"{path}: overrides of {data.get('id')!r} must be a mapping or a list of 'key=value'")
+        return cls(**{**data, "overrides": overrides})
 
 
 @dataclass
@@ -86,7 +107,7 @@ class Suite:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        models = [SuiteModel(**m) for m in data.pop("models")]
+        models = [SuiteModel.from_dict(m, path) for m in data.pop("models")]
         suite = cls(models=models, **data)
         ids = [m.id for m in models]
         if len(set(ids)) != len(ids):
@@ -204,7 +225,6 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
     from .data import PreparedCorpus
     from .evaluation import bits_per_byte, load_lm
     from .evaluation.robustness import evaluate_robustness
-    from .evaluation.tasks import evaluate_tasks
     from .training import train
     from .training.logs import read_csv
     from .training.trainer import CHECKPOINT
@@ -215,7 +235,8 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
     if done.is_file():
         return json.loads(done.read_text())
     if not (out_dir / CHECKPOINT).exists() or not (out_dir / "model.safetensors").exists():
-        if train(config, resume=(out_dir / CHECKPOINT).exists(), progress=progress).interrupted:
+        resume = (out_dir / CHECKPOINT).exists()  # else nothing to resume: a run stopped early starts again
+        if train(config, resume=resume, overwrite=not resume, progress=progress).interrupted:
             raise KeyboardInterrupt  # Ctrl-C / SIGTERM: the run saved a checkpoint; rerunning the suite resumes it
     history, evals = read_csv(out_dir / "train.csv"), read_csv(out_dir / "eval.csv")
     minutes = history[-1]["elapsed_s"] / 60 if history else math.nan  # training steps only, over all sessions
@@ -236,13 +257,27 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
         "bytes_seen": config.train.steps * config.train.batch_size * config.data.seq_len * planned["bytes_per_token"],
         "train_minutes": minutes,
         "val_bpb": bpb.bpb,
-        "tasks": evaluate_tasks(lm, ev.get("tasks"), ev.get("limit"), progress=progress) if ev.get("tasks") else {},
+        "tasks": _tasks(lm, suite, progress),
         "robustness": (
             evaluate_robustness(lm, ev["robustness_limit"], progress=progress) if ev.get("robustness_limit") else {}
         ),
     }
-    done.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(done, json.dumps(result, indent=2) + "\n")  # an interrupted write leaves no half file
     return result
+
+
+def _tasks(lm, suite: Suite, progress: bool) -> dict[str, dict]:
+    """The suite's zero-shot tasks, and the ``continuation`` sanity check when ``eval.continuation`` is set."""
+    from .data import PreparedCorpus
+    from .evaluation.tasks import evaluate, evaluate_tasks
+    from .evaluation.tasks.continuation import corpus_continuation_task
+
+    ev = suite.eval
+    results = evaluate_tasks(lm, ev["tasks"], ev.get("limit"), progress=progress) if ev.get("tasks") else {}
+    if ev.get("continuation"):
+        split = PreparedCorpus(suite.corpus, verify=False).split("train")
+        results["continuation"] = evaluate(lm, corpus_continuation_task(split, ev["continuation"]), progress=progress)
+    return results
 
 
 def run_suite(path: str | Path, only: list[str] | None = None, progress: bool = True) -> list[Path]:
@@ -279,7 +314,7 @@ def write_results(suite: Suite, results: dict[str, dict], suite_path: Path) -> P
     ``out/<name>_compression.png``."""
     out = Path(suite.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{suite.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write(out / f"{suite.name}.json", json.dumps(results, indent=2) + "\n")
     rows = []
     for r in results.values():
         comp = " / ".join(f"{c:.2f}" for c in r["compression"]) or "-"
@@ -311,8 +346,7 @@ def write_results(suite: Suite, results: dict[str, dict], suite_path: Path) -> P
 
         lines += ["", "## Noised HellaSwag (clean acc_norm; robustness score per perturbation)", ""]
         lines.append(markdown_table(robust, "model"))
-    path = out / f"{suite.name}.md"
-    path.write_text("\n".join(lines) + "\n")
+    path = atomic_write(out / f"{suite.name}.md", "\n".join(lines) + "\n")
     _plot(suite, results, out)
     return path
 

@@ -427,9 +427,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = bits_per_byte(lm, source, args.window, args.batch_size, args.max_windows, progress)
         sections, title = {"bits per byte": {where: result.to_dict()}}, "Bits per byte"
     elif args.eval_command == "tasks":
-        from .evaluation.tasks import evaluate_tasks
+        from .evaluation.tasks import evaluate, evaluate_tasks
 
-        results = evaluate_tasks(lm, args.tasks, args.limit, args.batch_size, progress)
+        results = {}
+        if args.tasks or args.corpus is None:
+            results = evaluate_tasks(lm, args.tasks, args.limit, args.batch_size, progress)
+        if args.corpus is not None:
+            from .data import PreparedCorpus
+            from .evaluation.tasks.continuation import corpus_continuation_task
+
+            task = corpus_continuation_task(PreparedCorpus(args.corpus).split(args.split), args.limit or 200, args.seed)
+            results["continuation"] = evaluate(lm, task, args.batch_size, progress=progress)
+            meta.update(continuation=f"{args.corpus} ({args.split}), seed {args.seed}")
         sections, title = {"zero-shot": results}, "Zero-shot tasks"
         meta["limit"] = args.limit
     else:
@@ -496,8 +505,16 @@ def add_eval_tasks_parser(eval_sub) -> None:
         "in characters.",
     )
     add_eval_model_arguments(q)
-    q.add_argument("--tasks", nargs="+", choices=list(TASKS), metavar="TASK", help="tasks to run (default: all)")
+    tasks_help = "tasks to run (default: all, or none with --corpus)"
+    q.add_argument("--tasks", nargs="+", choices=list(TASKS), metavar="TASK", help=tasks_help)
     q.add_argument("--limit", type=int, help="only the first LIMIT items of each task (quick runs)")
+    q.add_argument(
+        "--corpus",
+        help="sanity check: also run 'continuation', built from this prepared corpus (the true next 40 characters of "
+        "a passage against 3 passages from other documents; chance 0.25, a trained model well above it)",
+    )
+    q.add_argument("--split", default="train", help="corpus split for --corpus (default train: the model's own text)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the continuation items (default 0)")
 
 
 def add_eval_robustness_parser(eval_sub) -> None:
