@@ -172,6 +172,7 @@ def test_overrides_and_yaml_numbers(tmp_path, corpus):
         ({"optimizer": {"lr": 1e-3, "lr_multipliers": [1.0]}}, ValueError, "one positive number per stage (2"),
         ({"optimizer": {"lr": 1e-3, "lr_multipliers": "paper"}}, ConfigError, "optimizer.lr_multipliers must be"),
         ({"schedule": {"warmup": 0.9, "decay": 0.2}}, ValueError, "warmup + decay <= 1"),
+        ({"eval": {"every": 3, "windows": 0, "batch_size": 4}}, ValueError, "eval.windows and eval.batch_size must be"),
         ({"train": {"steps": 6, "batch_size": 4, "dtype": "fp16"}}, ValueError, "train.dtype must be one of"),
         ({"model": "no/such/model.json"}, FileNotFoundError, "no/such/model.json not found"),
         ({"model": {"arch_layout": ["m1"], "d_model": [32, 48]}}, ValueError, "model (inline): d_model has 2"),

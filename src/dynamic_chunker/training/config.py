@@ -209,6 +209,7 @@ class TrainConfig:
                 f"got {t.gradient_checkpointing}; or write true for every stage",
             )
         _require(self.eval.every >= 0 and self.checkpoint.every >= 0, "eval.every and checkpoint.every must be >= 0")
+        _require(self.eval.windows >= 1 and self.eval.batch_size >= 1, "eval.windows and eval.batch_size must be >= 1")
         self._validate_warm_start(stages)
 
     def _validate_warm_start(self, stages: int) -> None:
@@ -245,7 +246,6 @@ class TrainConfig:
     def warm_start_targets(self) -> list[str]:
         """The warm-start target of each chunking stage ('none' everywhere when the warm start is off)."""
         return [s.target for s in self.warm_start.stages] or ["none"] * (len(self.ratio.targets))
-        _require(self.eval.windows >= 1 and self.eval.batch_size >= 1, "eval.windows and eval.batch_size must be >= 1")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
