@@ -610,8 +610,12 @@ def test_warm_start_weight_reaches_zero_then_the_objective_is_the_papers(tmp_pat
 
     plain_config = tiny_config(corpus, tmp_path / "plain", warm_start={"bpe_vocab_size": 0})
     warm_config = tiny_config(corpus, tmp_path / "warm2", warm_start=warm)
-    assert all(torch.equal(a, b) for a, b in zip(gradients(warm_config, 3), gradients(plain_config, 3), strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(gradients(warm_config, 0), gradients(plain_config, 0)))
+    # (equal up to float rounding: a loaded machine can give a multithreaded reduction another order)
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.allclose(x, y, rtol=1e-5, atol=1e-8) for x, y in zip(a, b, strict=True))
+
+    assert same(gradients(warm_config, 3), gradients(plain_config, 3))
+    assert not same(gradients(warm_config, 0), gradients(plain_config, 0))
 
 
 def test_word_warm_start_pulls_boundaries_to_word_starts(tmp_path, corpus):
