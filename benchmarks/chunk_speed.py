@@ -111,8 +111,9 @@ def main() -> None:
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (other jobs were running: absolute figures are low, the "
         f"ratios in one row are comparable); run time {time.perf_counter() - begin:.0f} s  ",
         f"Model: bundled `hnet_chunker_small`, layout {config.arch_layout}, widths {config.d_model}; chunk_text with "
-        f"chunk_size 512 characters, window {DEFAULT_WINDOW} + {DEFAULT_CONTEXT} bytes of context, batch 8, "
-        "float32; semchunk at the size giving the same mean chunk length; embedding: all-MiniLM-L6-v2 "
+        f"chunk_size 512 characters, window {DEFAULT_WINDOW} + {DEFAULT_CONTEXT} bytes of context, "
+        f"batch {chunker.batch_size}, float32; semchunk at the size giving the same mean chunk length; embedding: "
+        "all-MiniLM-L6-v2 "
         "(sentence-transformers, batch 64) of chunk_text's chunks. MB/s = 10^6 bytes of text per second, best of "
         f"{args.passes} passes (embedding: one pass).",
         "",

@@ -257,6 +257,14 @@ def test_windows_are_exact_where_they_hold_the_whole_text():
     )
 
 
+def test_windows_one_at_a_time_by_default_on_cpu_give_the_batched_signals():
+    data = (SAMPLE * 8).encode()
+    assert HNetChunker(MODEL).batch_size == 1  # CPU default (DEFAULT_BATCH): no fresh memory mapped per call
+    one = boundary_signals(MODEL, data, window=300, overlap=64)
+    batched = boundary_signals(MODEL, data, window=300, overlap=64, batch_size=5)
+    np.testing.assert_allclose(one, batched, rtol=0, atol=1e-5)
+
+
 def test_chunk_batch_equals_chunking_one_by_one():
     chunker = HNetChunker(MODEL, 30, batch_size=3, window=256, context=64)
     texts = [SAMPLE, "", "short text", SAMPLE * 5, b"bytes \xff in", "中文" * 30]

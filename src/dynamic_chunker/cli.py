@@ -654,7 +654,8 @@ def add_chunk_parser(sub) -> None:
     p.add_argument("--model", help="model folder, checkpoint file or Hub id (default: the bundled model)")
     p.add_argument("--tokenizer", help="Hugging Face tokenizer JSON file: --chunk-size counts its tokens")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows of 8192 bytes per model call (default 8)")
+    p.add_argument("--batch-size", type=int, help="windows of 8192 bytes per model call (default: 1 on CPU, 8 on "
+                   "other devices)")
     p.add_argument("--stream", action="store_true", help="read a large file block by block (bounded memory; byte "
                    "offsets, --chunk-size in bytes)")
     p.set_defaults(func=run)

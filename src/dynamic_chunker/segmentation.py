@@ -38,6 +38,11 @@ BUNDLED_MODEL = "hnet_chunker_small"  # src/dynamic_chunker/models/<name>: confi
 DEFAULT_CHUNK_SIZE = 512
 DEFAULT_WINDOW = 8192
 DEFAULT_CONTEXT = 1024
+# Windows per model call when batch_size is None: on CPU one at a time, so that each layer's temporaries (a few MB
+# per window) are reused from the heap instead of being mapped fresh (and page-faulted in) on every call, which cost
+# more than the model itself with 8 windows; on accelerators, batches keep the device busy.
+DEFAULT_BATCH = {"cpu": 1}
+DEFAULT_BATCH_ELSEWHERE = 8
 BLOCK_BYTES = 1 << 18  # bytes processed at a time (a whole number of windows): what bounds the memory
 # Layout scores of a cut (see layout_scores): after a blank line, after a sentence end, after a line break (weakest:
 # prose is often hard-wrapped, so a single line break says little).
@@ -91,15 +96,17 @@ def boundary_signals(
     context: bytes = bytes([BOS]),
     window: int = DEFAULT_WINDOW,
     overlap: int = DEFAULT_CONTEXT,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """Boundary probabilities of every stage over ``data``: (stages, len(data)) float32.
 
     ``probs[s, t]`` is stage ``s``'s probability that a chunk starts at byte ``t`` where byte ``t`` reached stage ``s``
     (it started a chunk at every stage before ``s``), else 0; stage ``s`` fired at ``t`` where it is > 0.5.
     ``context`` holds the bytes before ``data`` (the BOS byte at a text's start). Each window of ``window`` bytes is
-    run after up to ``overlap`` bytes of what precedes it, whose outputs are discarded.
+    run after up to ``overlap`` bytes of what precedes it, whose outputs are discarded. ``batch_size`` windows go
+    through the model at a time (None: :func:`default_batch_size`).
     """
+    batch_size = default_batch_size(model) if batch_size is None else batch_size
     if window < 1 or overlap < 0 or batch_size < 1:
         raise InvalidArgument(f"need window, batch_size >= 1 and overlap >= 0; got {window}, {batch_size}, {overlap}")
     probs = np.zeros((max(model.config.num_stages - 1, 1), len(data)), dtype=np.float32)
@@ -114,6 +121,12 @@ def boundary_signals(
             keep = min(window, len(stream) - s)
             probs[:, s - len(left) : s - len(left) + keep] = out[:, r, s - b : s - b + keep]
     return probs
+
+
+def default_batch_size(model) -> int:
+    """Windows per model call for ``model``'s device when none is given (see DEFAULT_BATCH)."""
+    device = next(model.parameters()).device.type
+    return DEFAULT_BATCH.get(device, DEFAULT_BATCH_ELSEWHERE)
 
 
 def _byte_table(ranges: dict[tuple[int, int], int], default: int) -> np.ndarray:
@@ -247,7 +260,8 @@ class HNetChunker:
             The defaults (2.0, min_fraction 0.3) cut the fewest SQuAD answers in two in the settings screen of
             ``benchmarks/chunk_retrieval.py`` (``benchmarks/results/chunk_retrieval_screen.md``).
         model_weight: weight of the model's boundary strength (0: layout only, an ablation).
-        window, context, batch_size: bytes per window, discarded left context per window, windows per model call.
+        window, context, batch_size: bytes per window, discarded left context per window, windows per model call
+            (default: 1 on CPU, 8 on other devices).
     """
 
     def __init__(
@@ -258,7 +272,7 @@ class HNetChunker:
         level: int | None = None,
         tokenizer=None,
         device: str | torch.device | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         min_fraction: float = 0.3,
         layout_weight: float = 2.0,
         model_weight: float = 1.0,
@@ -271,9 +285,10 @@ class HNetChunker:
             raise InvalidArgument(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if not 0 <= min_fraction <= 1:
             raise InvalidArgument(f"min_fraction must be in [0, 1], got {min_fraction}")
-        if window < 1 or context < 0 or batch_size < 1:
+        if window < 1 or context < 0 or (batch_size is not None and batch_size < 1):
             raise InvalidArgument(f"need window, batch_size >= 1, context >= 0; got {window}, {batch_size}, {context}")
         self.model = load_chunking_model(model, device)
+        batch_size = default_batch_size(self.model) if batch_size is None else batch_size
         self.stages = self.model.config.num_stages - 1
         if level is not None and not (isinstance(level, int) and 0 <= level < max(self.stages, 1)):
             raise InvalidArgument(f"level must be a stage of the model, 0..{max(self.stages, 1) - 1}; got {level!r}")
@@ -524,7 +539,7 @@ def chunk_text(
     level: int | None = None,
     tokenizer=None,
     device: str | torch.device | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     **options: Any,
 ) -> list[Chunk]:
     """Split ``text`` into chunks where the model puts its boundaries (see :class:`HNetChunker` for the options).
