@@ -236,7 +236,8 @@ class Mamba2(nn.Module):
             self._prefill_conv(xBC, valid_lengths(segments, b, l, u.device), cache)
         convolved = kernels.conv_silu(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts)
         if convolved is None:
-            convolved = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts))
+            convolved = causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts)
+            convolved = F.silu(convolved, inplace=not torch.is_grad_enabled())  # in place: no autograd needs the input
         x, B, C = torch.split(convolved, [self.d_inner, self.d_state, self.d_state], dim=-1)
         fp = compute_dtype(u.dtype)
         dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
@@ -253,7 +254,7 @@ class Mamba2(nn.Module):
             y, final_state = chunked_scan(
                 x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.scan_tile(u), resets=resets
             )
-            y = y + x.to(fp) * self.D.to(fp)[:, None]
+            y = torch.addcmul(y, x.to(fp), self.D.to(fp)[:, None])  # + D x
         else:
             y, final_state = scanned
         if cache is not None:
