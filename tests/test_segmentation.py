@@ -1,5 +1,6 @@
 """chunk_text / HNetChunker: lossless chunks at character edges, within chunk_size, at the model's boundaries."""
 
+import sys
 import tracemalloc
 
 import numpy as np
@@ -18,6 +19,7 @@ from dynamic_chunker.segmentation import (
     boundary_signals,
     char_edges,
     chunk_text,
+    keep_freed_memory,
     layout_scores,
     token_counter,
 )
@@ -263,6 +265,21 @@ def test_windows_one_at_a_time_by_default_on_cpu_give_the_batched_signals():
     one = boundary_signals(MODEL, data, window=300, overlap=64)
     batched = boundary_signals(MODEL, data, window=300, overlap=64, batch_size=5)
     np.testing.assert_allclose(one, batched, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings (Linux)")
+def test_freed_tensors_are_reused_without_page_faults():
+    import resource
+
+    assert keep_freed_memory()
+    pages = (24 << 20) // 4096  # a 24 MB tensor: above glibc's default mmap threshold, below HEAP_BLOCK_BYTES
+    for _ in range(3):
+        torch.ones(pages * 1024)  # the heap grows to hold it (faults), then keeps it
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        torch.ones(pages * 1024)  # reused from the heap: no fresh pages to fault in
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < pages // 4, faults
 
 
 def test_chunk_batch_equals_chunking_one_by_one():

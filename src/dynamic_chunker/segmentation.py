@@ -20,8 +20,10 @@ and cuts never fall inside a valid UTF-8 sequence (each invalid byte counts as a
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,11 @@ DEFAULT_CONTEXT = 1024
 # more than the model itself with 8 windows; on accelerators, batches keep the device busy.
 DEFAULT_BATCH = {"cpu": 1}
 DEFAULT_BATCH_ELSEWHERE = 8
+# glibc malloc settings (see keep_freed_memory): blocks up to 32 MB (glibc's largest mmap threshold) come from the
+# heap, and up to 256 MB of freed heap memory is kept for reuse
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_BLOCK_BYTES = 32 << 20
+HEAP_KEEP_BYTES = 256 << 20
 BLOCK_BYTES = 1 << 18  # bytes processed at a time (a whole number of windows): what bounds the memory
 # Layout scores of a cut (see layout_scores): after a blank line, after a sentence end, after a line break (weakest:
 # prose is often hard-wrapped, so a single line break says little).
@@ -121,6 +128,24 @@ def boundary_signals(
             keep = min(window, len(stream) - s)
             probs[:, s - len(left) : s - len(left) + keep] = out[:, r, s - b : s - b + keep]
     return probs
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc serve tensors of up to HEAP_BLOCK_BYTES from its heap and keep up to HEAP_KEEP_BYTES of
+    freed memory there, instead of mapping fresh pages for each large tensor and returning them when it is freed.
+
+    Every fresh page costs a page fault when first written (about 3 us each in a VM such as our CI machine's: more
+    than the model's own work per byte when a window's temporaries are mapped anew on every call). Process-wide and
+    done once (the process keeps up to HEAP_KEEP_BYTES it no longer uses); returns whether it applied (glibc only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no C library symbols, or one without mallopt
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
 
 
 def default_batch_size(model) -> int:
@@ -289,6 +314,8 @@ class HNetChunker:
             raise InvalidArgument(f"need window, batch_size >= 1, context >= 0; got {window}, {batch_size}, {context}")
         self.model = load_chunking_model(model, device)
         batch_size = default_batch_size(self.model) if batch_size is None else batch_size
+        if next(self.model.parameters()).device.type == "cpu":
+            keep_freed_memory()
         self.stages = self.model.config.num_stages - 1
         if level is not None and not (isinstance(level, int) and 0 <= level < max(self.stages, 1)):
             raise InvalidArgument(f"level must be a stage of the model, 0..{max(self.stages, 1) - 1}; got {level!r}")
