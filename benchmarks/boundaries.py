@@ -18,8 +18,7 @@ import torch
 from benchmarks import common
 from dynamic_chunker import HNetConfig
 from dynamic_chunker.evaluation.calibration import calibrate_routing
-from dynamic_chunker.evaluation.compression import positions_per_chunk
-from dynamic_chunker.evaluation.flops import default_compression, flops_breakdown
+from dynamic_chunker.evaluation.flops import boundary_flops_per_byte, default_compression
 
 
 def text_batches(path: Path, batch: int, length: int, limit: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -27,14 +26,6 @@ def text_batches(path: Path, batch: int, length: int, limit: int | None) -> list
     rows = max(1, (limit or path.stat().st_size) // length)
     ids = common.text_rows(path, rows, length)
     return list(zip(ids.split(batch), common.documents(ids).split(batch)))
-
-
-def boundary_flops_per_byte(config: HNetConfig, length: int, compression: list[float]) -> float:
-    """Forward FLOPs per byte of what ``boundaries`` runs: embedding, each chunking stage's encoder and its q/k
-    routing projections (2/3 of the routing entry, which also counts the residual projection)."""
-    parts = flops_breakdown(config, length, compression)
-    stages = range(config.num_stages - 1)
-    return parts["embedding"] + sum(parts[f"stage{s}.encoder"] + parts[f"stage{s}.routing"] * 2 / 3 for s in stages)
 
 
 @torch.inference_mode()
@@ -50,7 +41,7 @@ def measure(model, batches, passes: int) -> dict:
         out[f"{name}_times"] = [common.timed(one_pass)[0] for _ in range(passes)]
         out[f"{name}_mb_s"] = total / min(out[f"{name}_times"]) / 1e6
     counts = torch.tensor([common.chunk_counts(model.boundaries(i, document_ids=d)) for i, d in batches])
-    out["compression"] = positions_per_chunk(total, counts.sum(dim=0).tolist())
+    out["compression"] = common.compression(total, counts.sum(dim=0).tolist())
     return out
 
 

@@ -1,9 +1,9 @@
 """chunk_text on the retrieval benchmark, beside the baselines of `benchmarks/results/retrieval_squad.json.gz`.
 
-    python benchmarks/chunk_retrieval.py [--sizes 275,550,128] [--variants flat,paragraphs] [--cache-dir DIR]
+    python -m benchmarks.chunk_retrieval [--sizes 275,550,128] [--variants flat,paragraphs] [--cache-dir DIR]
 
 1. The bundled model's boundary signals of every article are computed once (`HNetChunker.signals`); every setting below
-   cuts from them (`HNetChunker.cut`), so the MB/s column here is the cutter alone (benchmarks/chunk_speed.py times
+   cuts from them (`HNetChunker.cut`), so the MB/s column here is the cutter alone (``benchmarks.chunk_speed`` times
    the whole of chunk_text).
 2. For each target mean length, `chunk_size` is calibrated so the mean chunk length is within 2% of the target (the
    baselines' means are within 2% of theirs, so within 5% of each baseline's).
@@ -11,25 +11,25 @@
    questions whose answer is cut in two (lower is better), at every size and variant.
 4. The chosen setting and the ablation (`model_weight=0`: layout scores only, same cutter) are scored with MiniLM
    embeddings; the report merges the baselines' per-question scores for paired comparisons.
+
+Writes ``benchmarks/results/chunk_retrieval{.md,.png,.json.gz,_screen.md,_paired.md}`` (``--output`` prefix).
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
+import itertools
 import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import common
 from dynamic_chunker.evaluation.retrieval import evaluate_chunkers, load_corpus, paired_difference
 from dynamic_chunker.evaluation.retrieval_benchmark import scores_of, variant_record, write_outputs
 from dynamic_chunker.segmentation import HNetChunker
 
-RESULTS = Path(__file__).parent / "results"
-BASELINES = RESULTS / "retrieval_squad.json.gz"
+BASELINES = common.RESULTS / "retrieval_squad.json.gz"
 SETTINGS = [(lw, mf) for lw in (0.0, 0.5, 1.0, 2.0) for mf in (0.3, 0.6)]
 
 
@@ -99,36 +99,30 @@ def paired_table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = common.parser(__doc__, "chunk_retrieval", threads=1, text=False)
     parser.add_argument("--sizes", default="275,550,128")
     parser.add_argument("--screen-sizes", default="275", help="target sizes of the settings screen")
     parser.add_argument("--variants", default="flat,paragraphs")
     parser.add_argument("--model", help="chunking model (default: the bundled one)")
     parser.add_argument("--cache-dir", help="embedding cache (default: the benchmark's)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--screen-only", action="store_true", help="stop after the settings screen")
     parser.add_argument("--paired-only", action="store_true", help="only write the paired table of an earlier run")
-    parser.add_argument("--out", default=str(RESULTS / "chunk_retrieval"))
-    args = parser.parse_args()
+    args = common.parse(parser, argv)
+    run = common.Run("chunk_retrieval", argv)
     if args.paired_only:
-        write_paired(Path(args.out))
+        write_paired(args.output, run)
         return
-    import torch
-
-    torch.set_num_threads(args.threads)
-    begin = time.perf_counter()
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = args.variants.split(",")
     model = HNetChunker(args.model).model
     corpora, signals = {}, {}
     for variant in variants:
         corpus = corpora[variant] = load_corpus(None, variant)
-        t = time.perf_counter()
-        chunker = HNetChunker(model)
-        signals[variant] = {d: chunker.signals(d.encode("utf-8")) for d in corpus.documents}
-        mb = sum(len(d.encode()) for d in corpus.documents) / 1e6
-        print(f"{variant}: signals of {mb:.2f} MB in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        seconds, signals[variant] = common.timed(
+            lambda c=corpus: {d: HNetChunker(model).signals(d.encode("utf-8")) for d in c.documents}
+        )
+        print(f"{variant}: signals of {sum(len(d.encode()) for d in corpus.documents) / 1e6:.2f} MB in {seconds:.0f} s")
 
     # --- the settings screen (no embeddings)
     screen = {}
@@ -148,15 +142,12 @@ def main() -> None:
         screen[(lw, mf)] = float(np.mean(rates))
         cells = " | ".join(f"{r * 100:.1f}" for r in rates)
         lines.append(f"| {lw} | {mf} | {cells} | {screen[(lw, mf)] * 100:.2f} |")
-        print(lines[-1], file=sys.stderr, flush=True)
+        print(lines[-1], flush=True)
     learned = {k: v for k, v in screen.items() if k[0] != "layout only"}
     best_lw, best_mf = min(learned, key=learned.get)
-    screen_md = "\n".join(lines)
-    Path(args.out + "_screen.md").write_text(
-        "# chunk_text settings screen: % of SQuAD answers cut in two (lower is better), at matched mean lengths\n\n"
-        f"Command: `{' '.join(sys.argv)}`; chosen: layout_weight {best_lw}, min_fraction {best_mf}\n\n{screen_md}\n",
-        encoding="utf-8",
-    )
+    title = "chunk_text settings screen: % of SQuAD answers cut in two (lower is better), at matched mean lengths"
+    header = run.header(title, f"Chosen: layout_weight {best_lw}, min_fraction {best_mf}")
+    common.write_report(header + lines, args.output.with_name(args.output.name + "_screen.md"))
     if args.screen_only:
         return
 
@@ -173,34 +164,30 @@ def main() -> None:
         ("chunk_text-layout-only", {"layout_weight": 1.0, "model_weight": 0.0, "min_fraction": best_mf}),
     ]
     results = {v: {} for v in variants}
-    for size in sizes:
-        for name, options in runs:
-            for variant in variants:
-                corpus = corpora[variant]
-                param, mean = calibrate(corpus.documents, signals[variant], model, size, **options)
-                key = f"{name}@{size}"
-                info = {key: {"chunker": name, "target": size, "param": param, **options}}
-                cut = CachedCut(HNetChunker(model, param, **options), signals[variant])
-                print(f"{variant}: scoring {key} (chunk_size {param}, mean {mean:.1f})", file=sys.stderr, flush=True)
-                results[variant].update(evaluate_chunkers(corpus, {key: cut}, embedder, (1, 5, 10), 1, info))
-                report["variants"][variant] = variant_record(corpus, results[variant], {})
-                write_outputs(report, [baselines], embedder, begin, Path(args.out), final=False)
-    print(write_outputs(report, [baselines], embedder, begin, Path(args.out), final=True))
-    write_paired(Path(args.out))
+    for size, (name, options), variant in itertools.product(sizes, runs, variants):
+        corpus = corpora[variant]
+        param, mean = calibrate(corpus.documents, signals[variant], model, size, **options)
+        key = f"{name}@{size}"
+        info = {key: {"chunker": name, "target": size, "param": param, **options}}
+        cut = CachedCut(HNetChunker(model, param, **options), signals[variant])
+        print(f"{variant}: scoring {key} (chunk_size {param}, mean {mean:.1f})", flush=True)
+        results[variant].update(evaluate_chunkers(corpus, {key: cut}, embedder, (1, 5, 10), 1, info))
+        report["variants"][variant] = variant_record(corpus, results[variant], {})
+        write_outputs(report, [baselines], embedder, run.start, args.output, False, run.command)
+    print(write_outputs(report, [baselines], embedder, run.start, args.output, True, run.command))
+    write_paired(args.output, run)
 
 
-def write_paired(out: Path) -> None:
-    table = paired_table(out.with_name(out.name + ".json.gz"))
-    out.with_name(out.name + "_paired.md").write_text(
-        "# chunk_text against the best baseline at each size, and against its layout-only ablation\n\n"
+def write_paired(out: Path, run: common.Run) -> None:
+    header = run.header(
+        "chunk_text against the best baseline at each size, and against its layout-only ablation",
         "Paired differences at k = 5 over the same 4,961 questions, percentage points ± paired standard error "
         "(positive: chunk_text better). The best baseline is the one with the highest IoU@5 at that target "
-        f"(fixed-size left out). From `{out.name}.json.gz`.\n\n{table}\n",
-        encoding="utf-8",
+        f"(fixed-size left out). From `{out.name}.json.gz`.",
     )
-    print(table)
+    table = paired_table(out.with_name(out.name + ".json.gz"))
+    common.write_report([*header, table], out.with_name(out.name + "_paired.md"))
 
 
 if __name__ == "__main__":
     main()
-

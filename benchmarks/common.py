@@ -1,7 +1,7 @@
-"""What every benchmark script shares: text, models, the training step, timing, fresh-process workers, reports.
+"""What every benchmark script shares: text, models, the training step, timing, peak memory, workers, reports.
 
 Scripts run from the repository root as modules (``python -m benchmarks.NAME``) and import only this module and the
-library. Every table says the machine it came from and the load around the run (the machine may be shared).
+library. Every table says the command that makes it, the machine and the load around the run (it may be shared).
 """
 
 from __future__ import annotations
@@ -10,29 +10,33 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dynamic_chunker import HNetConfig, HNetForCausalLM
+from dynamic_chunker import HNetForCausalLM
 from dynamic_chunker.config import BOS
 from dynamic_chunker.evaluation.calibration import calibrate_routing
-from dynamic_chunker.evaluation.compression import positions_per_chunk
+from dynamic_chunker.evaluation.flops import training_flops_per_byte
+from dynamic_chunker.evaluation.report import machine
 from dynamic_chunker.files import atomic_write
 from dynamic_chunker.training.objective import RATIO_LOSS_WEIGHT, window_losses
+from dynamic_chunker.training.optim import build_optimizer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 MODELS = ROOT / "configs" / "models"
-TEXTS = [ROOT / "data" / "english" / "val.bin", Path("/usr/share/common-licenses/GPL-3"), ROOT / "README.md"]
+ENGLISH = ROOT / "data" / "english"
+TEXTS = [ENGLISH / "val.bin", Path("/usr/share/common-licenses/GPL-3"), ROOT / "README.md"]
 LOSS = f"next-byte CE + {RATIO_LOSS_WEIGHT} x ratio losses (training/objective.py)"
+GIB = 2**30
 
 
 # ------------------------------------------------------------------------------------------------------- text
@@ -58,8 +62,27 @@ def documents(ids: torch.Tensor) -> torch.Tensor:
     return (ids == BOS).long().cumsum(dim=1)
 
 
+def english_text(size: int) -> str:
+    """``size`` bytes of the English corpus (validation split, then training split), documents joined by newlines."""
+    data = (ENGLISH / "val.bin").read_bytes()[:size]
+    if len(data) < size:
+        with open(ENGLISH / "train.bin", "rb") as file:
+            data += file.read(size - len(data))
+    return data.replace(bytes([BOS]), b"\n").decode("utf-8", "ignore")
+
+
+def python_text(size: int) -> str:
+    """``size`` bytes of Python source: the standard library of the running Python, file by file."""
+    data = b""
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        data += path.read_bytes()
+        if len(data) >= size:
+            break
+    return data[:size].decode("utf-8", "ignore")
+
+
 # ------------------------------------------------------------------------------------------------------ models
-def build(config: HNetConfig, ids: torch.Tensor | None = None, targets: list[float] | None = None) -> HNetForCausalLM:
+def build(config, ids: torch.Tensor | None = None, targets: list[float] | None = None):
     """A random-init model (seed 0), its routers calibrated on ``ids`` to ``targets`` bytes per chunk if given."""
     torch.manual_seed(0)
     model = HNetForCausalLM(config)
@@ -70,15 +93,14 @@ def build(config: HNetConfig, ids: torch.Tensor | None = None, targets: list[flo
 
 def training_step(model, optimizer, ids: torch.Tensor, targets: list[float], packed: bool = True, bf16: bool = False):
     """One step on (B, L + 1) windows: the trainer's objective, backward, then ``optimizer.step()`` (if any).
-    Returns the forward's output."""
+    Returns the losses (``.output`` is the forward's output)."""
     model.zero_grad(set_to_none=True)
-    autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with autocast:
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         losses = window_losses(model, ids, targets, documents(ids) if packed else None)
     losses.total().backward()
     if optimizer is not None:
         optimizer.step()
-    return losses.output
+    return losses
 
 
 def chunk_counts(output) -> list[int]:
@@ -86,37 +108,42 @@ def chunk_counts(output) -> list[int]:
     return [int(r.boundary_mask.sum()) for r in output.routing]
 
 
-def train_rate(
-    model, ids: torch.Tensor, targets: list[float], warmup: int, steps: int, bf16: bool, lr: float, after_warmup=None
-) -> dict:
-    """Timed training steps (AdamW over the stage parameter groups) on (B, L + 1) packed windows: step seconds,
-    bytes/s of the fastest and the median step, realised compression, training FLOPs per byte and per second.
-    ``after_warmup()`` (if given) runs between the warm-up and the timed steps."""
-    from dynamic_chunker.evaluation.flops import training_flops_per_byte
-    from dynamic_chunker.training.optim import build_optimizer
+def compression(length: float, counts: list[float]) -> list[float]:
+    """Positions per chunk of each stage from the chunk counts of ``length`` bytes."""
+    positions = [length, *counts]
+    return [positions[s] / positions[s + 1] for s in range(len(counts))]
 
-    optimizer = build_optimizer(model, lr, [1.0] * model.config.num_stages, weight_decay=0.1)
-    for _ in range(warmup):
-        training_step(model, optimizer, ids, targets, bf16=bf16)
+
+def time_training(model, windows: list[torch.Tensor], targets: list[float], warmup: int, steps: int, bf16: bool,
+                  after_warmup=None) -> dict:  # fmt: skip
+    """Training steps (AdamW over the stage parameter groups, lr 3e-4) cycling over (B, L + 1) packed ``windows``:
+    the first step's seconds and loss, then ``steps`` timed steps after ``warmup``: step seconds, bytes/s of the
+    fastest and the median, realised compression and training FLOPs per byte (paper App. B, 3 x forward).
+    ``after_warmup()`` (if given) runs before the timed steps."""
+    optimizer = build_optimizer(model, 3e-4, [1.0] * model.config.num_stages, weight_decay=0.1)
+    device = windows[0].device
+    first, losses = timed(lambda: training_step(model, optimizer, windows[0], targets, bf16=bf16), device)
+    loss = losses.total().item()
+    for i in range(1, warmup):
+        training_step(model, optimizer, windows[i % len(windows)], targets, bf16=bf16)
     if after_warmup is not None:
         after_warmup()
-
-    def step() -> list[int]:
-        return chunk_counts(training_step(model, optimizer, ids, targets, bf16=bf16))
-
-    runs = [timed(step, ids.device) for _ in range(steps)]
+    runs = []
+    for i in range(warmup, warmup + steps):
+        seconds, out = timed(lambda i=i: training_step(model, optimizer, windows[i % len(windows)], targets,
+                                                       bf16=bf16).output, device)  # fmt: skip
+        runs.append((seconds, chunk_counts(out)))
     times = [t for t, _ in runs]
-    batch, length = ids.shape[0], ids.shape[1] - 1
-    mean = [sum(c[s] for _, c in runs) / len(runs) for s in range(len(runs[0][1]))]
-    ratio = positions_per_chunk(batch * length, mean)
-    flops = training_flops_per_byte(model.config, length, ratio)
+    batch, length = windows[0].shape[0], windows[0].shape[1] - 1
+    ratio = compression(batch * length, np.mean([c for _, c in runs], axis=0).tolist())
     return {
+        "first": first,
+        "loss": loss,
         "seconds": times,
         "bytes_per_s": batch * length / min(times),
         "median_bytes_per_s": batch * length / statistics.median(times),
         "compression": ratio,
-        "flops_per_byte": flops,
-        "flops_per_s": flops * batch * length / min(times),
+        "flops_per_byte": training_flops_per_byte(model.config, length, ratio),
     }
 
 
@@ -139,12 +166,18 @@ def timed(fn, device: torch.device | str = "cpu") -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def best_of(passes: int, fn, device: torch.device | str = "cpu") -> tuple[float, object]:
+    """(fastest seconds, last result) of ``passes`` calls."""
+    runs = [timed(fn, device) for _ in range(passes)]
+    return min(t for t, _ in runs), runs[-1][1]
+
+
 def matmul_rate(dtype: torch.dtype, size: int, repeats: int, device: torch.device | str = "cpu") -> float:
     """FLOP/s of the best of ``repeats`` (size x size) @ (size x size) products on ``device``."""
     gen = torch.Generator(device=device).manual_seed(0)
     a, b = (torch.randn(size, size, generator=gen, device=device).to(dtype) for _ in range(2))
     torch.mm(a, b)
-    return 2 * size**3 / min(timed(lambda: torch.mm(a, b), device)[0] for _ in range(repeats))
+    return 2 * size**3 / best_of(repeats, lambda: torch.mm(a, b), device)[0]
 
 
 def profile_table(fn, rows: int = 15) -> str:
@@ -157,9 +190,13 @@ def profile_table(fn, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-# ----------------------------------------------------------------------------------------- fresh-process workers
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter of this process to its current RSS (Linux); False where unsupported."""
+# ----------------------------------------------------------------------------------------------- peak memory
+def reset_peak(device: torch.device | str = "cpu") -> bool:
+    """Reset the peak-memory counter: CUDA's allocator, or the kernel's peak RSS of this process (Linux; False where
+    that is unsupported)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -167,8 +204,10 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int:
-    """Peak RSS since start or the last reset: VmHWM (not ru_maxrss, which keeps the parent's RSS after a fork)."""
+def peak_bytes(device: torch.device | str = "cpu") -> int:
+    """CUDA's peak allocation, or the peak RSS (VmHWM: not ru_maxrss, which keeps the parent's RSS after a fork)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
@@ -184,6 +223,7 @@ def available_bytes() -> int | None:
     return None
 
 
+# ----------------------------------------------------------------------------------------- fresh-process workers
 class WorkerError(RuntimeError):
     """A fresh-process measurement failed; ``last_line`` is the last line it wrote to stderr (or its exit status)."""
 
@@ -201,13 +241,24 @@ def run_worker(module: str, spec: dict, what: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def worker_entry(argv: list[str] | None, measure) -> bool:
+    """In a worker process (``--worker SPEC``): print ``measure(spec)`` as JSON and return True."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] != ["--worker"]:
+        return False
+    print(json.dumps(measure(json.loads(args[1]))))
+    return True
+
+
 # ---------------------------------------------------------------------------------------------------- arguments
-def parser(doc: str, output: str, config: Path | None = None, threads: int | None = None) -> argparse.ArgumentParser:
-    """The options every script has: ``--config`` (if given a default), ``--text``, ``--threads``, ``--output``."""
+def parser(doc: str, output: str, config: Path | None = None, threads: int | None = None, text: bool = True):
+    """The options every script has: ``--config`` (if given a default), ``--text`` (if ``text``), ``--threads``,
+    ``--output`` (default ``benchmarks/results/OUTPUT``)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     if config is not None:
         p.add_argument("--config", type=Path, default=config, help="model config JSON (official schema)")
-    p.add_argument("--text", type=Path, default=default_text(), help="text file (default: data/english/val.bin)")
+    if text:
+        p.add_argument("--text", type=Path, default=default_text(), help="text file (default: data/english/val.bin)")
     p.add_argument("--threads", type=int, default=threads, help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=RESULTS / output, help="markdown file for the report")
     return p
@@ -216,7 +267,7 @@ def parser(doc: str, output: str, config: Path | None = None, threads: int | Non
 def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse, check that the text exists and set the torch threads."""
     args = p.parse_args(argv)
-    if args.text is None or not args.text.is_file():
+    if "text" in args and (args.text is None or not args.text.is_file()):
         p.error(f"text file not found: {args.text}; pass --text PATH")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -228,24 +279,14 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def machine(device: str = "cpu") -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    if str(device).startswith("cuda"):
-        cpu += f", GPU {torch.cuda.get_device_name(device)}"
-    cpus = len(os.sched_getaffinity(0))
-    return f"{cpus} CPUs, {cpu}, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+def git(*args: str, cwd: Path = ROOT) -> str:
+    """A git command's output in ``cwd`` ("" where it fails)."""
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def code_version() -> str:
     """The commit measured, and which library files differed from it."""
-
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
     commit = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
     status = git("status", "--porcelain", "--untracked-files=no", "--", "src").splitlines()
     changed = [line.split(None, 1)[1] for line in status]
@@ -291,12 +332,3 @@ def write_report(lines: list[str], path: Path) -> None:
     print("\n" + text)
     atomic_write(path, text)
     print(f"wrote {shown(path)}")
-
-
-def worker_entry(argv: list[str] | None, measure) -> bool:
-    """In a worker process (``--worker SPEC``): print ``measure(spec)`` as JSON and return True."""
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] != ["--worker"]:
-        return False
-    print(json.dumps(measure(json.loads(args[1]))))
-    return True

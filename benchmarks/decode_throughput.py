@@ -5,28 +5,21 @@ r * 997 bytes further in, so rows chunk differently): **cached** = prefill the c
 then ``--cached-steps`` calls of ``model.step`` with the text's next bytes; **recompute** = one full forward over
 the whole context per new byte, as a decoder without caches must. bytes/s = batch x steps / time. Also how often the
 innermost network ran while stepping: per row, and per step (for at least one row, when a batched step pays for it).
-The model is a 2-stage H-Net shaped like the paper's (m4 / T1m4 / T8 / m4T1 / m4, widths 128/192/256, 11M
-parameters; ``--config`` for another) with routers calibrated to ``--targets`` (``evaluation.calibration``), so the
-main network runs on about 1 byte in 9. Writes ``benchmarks/results/decode_throughput_cpu.md``.
+The model is a 2-stage H-Net shaped like the paper's (``benchmarks/configs/hnet_2stage_decode.json``: m4 / T1m4 / T8
+/ m4T1 / m4, widths 128/192/256, 11M parameters; ``--config`` for another) with routers calibrated to ``--targets``
+(``evaluation.calibration``), so the main network runs on about 1 byte in 9. Writes
+``benchmarks/results/decode_throughput_cpu.md``.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from benchmarks import common
 from dynamic_chunker import HNetConfig
 
-DECODE_CONFIG = {
-    "arch_layout": ["m4", ["T1m4", ["T8"], "m4T1"], "m4"],
-    "d_model": [128, 192, 256],
-    "d_intermediate": [0, 512, 768],
-    "ssm_cfg": {"d_state": 32, "d_conv": 4, "expand": 2, "chunk_size": 256},
-    "attn_cfg": {"num_heads": [2, 3, 4], "rotary_emb_dim": [32, 32, 32], "window_size": [1023, 1023, -1]},
-}
 ROW_OFFSET = 997
 
 
@@ -58,8 +51,7 @@ def measure(model, ids: torch.Tensor, context: int, cached_steps: int, recompute
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = common.parser(__doc__, "decode_throughput_cpu.md", threads=1)
-    p.add_argument("--config", type=Path, help="model config JSON (default: the built-in 11M-parameter 2-stage model)")
+    p = common.parser(__doc__, "decode_throughput_cpu.md", common.HERE / "configs" / "hnet_2stage_decode.json", 1)
     p.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 4096], help="context lengths in bytes")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
     p.add_argument("--cached-steps", type=int, default=64, help="timed cached steps per setting")
@@ -68,12 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = common.parse(p, argv)
     run = common.Run("decode_throughput", argv, args.device)
-    config = HNetConfig.from_json(args.config) if args.config else HNetConfig.from_dict(DECODE_CONFIG)
+    config = HNetConfig.from_json(args.config)
     if len(args.targets) != config.num_stages - 1:
         p.error(f"--targets needs one value per chunking stage ({config.num_stages - 1})")
-    model = (
-        common.build(config, common.text_rows(args.text, 1, max(args.contexts)), args.targets).eval().to(args.device)
-    )
+    model = common.build(config, common.text_rows(args.text, 1, max(args.contexts)), args.targets)
+    model = model.eval().to(args.device)
     longest = max(args.contexts) + args.cached_steps + 1
     rows, loads = [], []
     for context in args.contexts:

@@ -56,18 +56,11 @@ def import_peer():
 
 def our_config(args) -> HNetConfig:
     d0, d1 = args.widths
-    return HNetConfig.from_dict(
-        {
-            "arch_layout": [f"T{args.encoder_depth}", [f"T{args.main_depth}"], f"T{args.encoder_depth}"],
-            "d_model": [d0, d1],
-            "d_intermediate": [args.mlp_mult * d0, args.mlp_mult * d1],
-            "attn_cfg": {
-                "num_heads": [d0 // HEAD_DIM, d1 // HEAD_DIM],
-                "rotary_emb_dim": [HEAD_DIM // 2] * 2,
-                "window_size": [-1, -1],
-            },
-        }
-    )
+    layout = [f"T{args.encoder_depth}", [f"T{args.main_depth}"], f"T{args.encoder_depth}"]
+    heads = {"num_heads": [d0 // HEAD_DIM, d1 // HEAD_DIM], "rotary_emb_dim": [HEAD_DIM // 2] * 2}
+    heads["window_size"] = [-1, -1]
+    return HNetConfig.from_dict({"arch_layout": layout, "d_model": [d0, d1], "attn_cfg": heads,
+                                 "d_intermediate": [args.mlp_mult * d0, args.mlp_mult * d1]})  # fmt: skip
 
 
 class PeerLM(nn.Module):
@@ -79,33 +72,15 @@ class PeerLM(nn.Module):
         d0, d1 = args.widths
 
         def stack(dim: int, depth: int) -> nn.Module:
-            return Decoder(
-                dim=dim,
-                depth=depth,
-                heads=dim // HEAD_DIM,
-                attn_dim_head=HEAD_DIM,
-                attn_flash=True,
-                rotary_pos_emb=True,
-                rotary_emb_dim=HEAD_DIM // 2,
-                use_rmsnorm=True,
-                ff_glu=True,
-                ff_swish=True,
-                ff_mult=args.mlp_mult,
-                ff_no_bias=True,
-                pre_norm_has_final_norm=True,
-            )
+            return Decoder(dim=dim, depth=depth, heads=dim // HEAD_DIM, attn_dim_head=HEAD_DIM, attn_flash=True,
+                           rotary_pos_emb=True, rotary_emb_dim=HEAD_DIM // 2, use_rmsnorm=True, ff_glu=True,
+                           ff_swish=True, ff_mult=args.mlp_mult, ff_no_bias=True,
+                           pre_norm_has_final_norm=True)  # fmt: skip
 
         self.embeddings = nn.Embedding(256, d0)
         encoder, decoder = stack(d0, args.encoder_depth), stack(d0, args.encoder_depth)
-        self.hnet = HNet(
-            encoder,
-            stack(d1, args.main_depth),
-            decoder,
-            dim=d0,
-            dim_inner=d1,
-            target_avg_token_length=args.bytes_per_chunk,
-            ratio_loss_weight=RATIO_LOSS_WEIGHT,
-        )
+        self.hnet = HNet(encoder, stack(d1, args.main_depth), decoder, dim=d0, dim_inner=d1,
+                         target_avg_token_length=args.bytes_per_chunk, ratio_loss_weight=RATIO_LOSS_WEIGHT)  # fmt: skip
         self.lm_head = nn.Linear(d0, 256, bias=False)
 
     def forward(self, ids: torch.Tensor):
@@ -138,8 +113,8 @@ def setup(name: str, args, ids: torch.Tensor):
 
     def step() -> int:
         if name == "ours":
-            out = common.training_step(model, optimizer, ids, [args.bytes_per_chunk], packed=False)
-            return int(out.routing[0].boundary_mask.sum())
+            losses = common.training_step(model, optimizer, ids, [args.bytes_per_chunk], packed=False)
+            return common.chunk_counts(losses.output)[0]
         optimizer.zero_grad(set_to_none=True)
         logits, aux, mask = model(ids[:, :-1])
         (F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()) + aux).backward()
@@ -154,11 +129,10 @@ def measure_memory(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     args = argparse.Namespace(**spec["args"])
     _, step = setup(spec["model"], args, common.text_rows(Path(args.text), args.batch, spec["length"] + 1, ROW_OFFSET))
-    exact = common.reset_peak_rss()
-    baseline = common.peak_rss_bytes()
+    exact, baseline = common.reset_peak(), common.peak_bytes()
     for _ in range(spec["steps"]):
         step()
-    return {"peak_bytes": common.peak_rss_bytes() - baseline, "exact": exact}
+    return {"peak_bytes": common.peak_bytes() - baseline, "exact": exact}
 
 
 def measure_time(args, length: int) -> dict:
@@ -185,25 +159,13 @@ def measure_time(args, length: int) -> dict:
     return result
 
 
-def profile_ops(args, length: int, top: int = 12) -> dict[str, list[tuple[str, float, float]]]:
-    """(op, self CPU ms, share of the step) of the ops with the most self CPU time in one training step."""
-    from torch.profiler import ProfilerActivity, profile
-
+def profiles(args, length: int) -> dict[str, str]:
+    """The operators of one training step of each model by self CPU time."""
     ids = common.text_rows(args.text, args.batch, length + 1, ROW_OFFSET)
-    out = {}
-    for name in ("ours", "peer"):
-        _, step = setup(name, args, ids)
-        step()  # warm-up
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            step()
-        events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-        events.sort(key=lambda e: -e.self_cpu_time_total)
-        total = sum(e.self_cpu_time_total for e in events)
-        out[name] = [(e.key, e.self_cpu_time_total / 1e3, e.self_cpu_time_total / total) for e in events[:top]]
-    return out
+    return {name: common.profile_table(setup(name, args, ids)[1], rows=12) for name in ("ours", "peer")}
 
 
-def report(args, run: common.Run, rows: list[dict], profiles: dict) -> list[str]:
+def report(args, run: common.Run, rows: list[dict], profiles: dict[str, str]) -> list[str]:
     config, gib = our_config(args), 2**30
     versions = f"{PEER_PACKAGE} {importlib.metadata.version(PEER_PACKAGE)}, x-transformers "
     lines = run.header(
@@ -231,24 +193,21 @@ def report(args, run: common.Run, rows: list[dict], profiles: dict) -> list[str]
             + " | ".join("{:.2f}-{:.2f}".format(*r["bytes_per_chunk"]) for r in (o, p))
             + " |"
         )
-    times = [
-        f"{r['length']}: ours {common.fmt(r['ours']['seconds'], 3)} | peer {common.fmt(r['peer']['seconds'], 3)}"
-        for r in rows
-    ]
+    times = [f"{r['length']}: ours {common.fmt(r['ours']['seconds'], 3)} | peer {common.fmt(r['peer']['seconds'], 3)}"
+             for r in rows]  # fmt: skip
     exact = all(r[m]["exact"] for r in rows for m in ("ours", "peer"))
     lines += ["", "Step times (s): " + "; ".join(times), ""]
     lines += ["Peak memory from VmHWM after resetting it." if exact else "Peak memory may under-report.", ""]
-    lines += [f"## Profile: one training step at {rows[-1]['length']} bytes, ops by self CPU time", ""]
-    for name in ("ours", "peer"):
-        lines += [f"**{name}**", "", "| op | self CPU (ms) | share |", "|---|---:|---:|"]
-        lines += [f"| `{op}` | {ms:.1f} | {share:.1%} |" for op, ms, share in profiles[name]] + [""]
+    for name, table in profiles.items():
+        lines += [f"## Profile: one training step of {name} at {rows[-1]['length']} bytes", "", "```", table, "```", ""]
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     if common.worker_entry(argv, measure_memory):
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.parser(__doc__, "peer_cpu.md", threads=1)
+    parser.set_defaults(text=common.ENGLISH / "train.bin")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192], help="bytes per row")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--widths", type=int, nargs=2, default=[256, 512], help="outer and inner width")
@@ -259,16 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--memory-steps", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--text", type=Path, default=common.ROOT / "data" / "english" / "train.bin")
-    parser.add_argument("--output", type=Path, default=common.RESULTS / "peer_cpu.md")
-    args = parser.parse_args(argv)
-    if not args.text.is_file():
-        parser.error(f"text not found: {args.text}; run `hnet data prepare english` or pass --text PATH")
+    args = common.parse(parser, argv)
     if any(w % HEAD_DIM for w in args.widths) or args.widths[1] < args.widths[0]:
         parser.error(f"--widths must be multiples of {HEAD_DIM}, the inner one at least the outer one")
     import_peer()
-    torch.set_num_threads(args.threads)
     run = common.Run("peer", argv)
     shared = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     rows = []
@@ -276,12 +229,10 @@ def main(argv: list[str] | None = None) -> None:
         row = measure_time(args, length)
         for name in ("ours", "peer"):
             spec = {"model": name, "length": length, "steps": args.memory_steps, "threads": args.threads}
-            row[name].update(
-                common.run_worker("benchmarks.peer", {**spec, "args": shared}, f"memory of {name} at {length}")
-            )
+            row[name].update(common.run_worker("benchmarks.peer", {**spec, "args": shared}, f"{name} at {length}"))
         rows.append(row)
         print(f"{length} bytes: ours {row['ours']['bytes_per_s']:,.0f}, peer {row['peer']['bytes_per_s']:,.0f} B/s")
-    common.write_report(report(args, run, rows, profile_ops(args, args.lengths[-1])), args.output)
+    common.write_report(report(args, run, rows, profiles(args, args.lengths[-1])), args.output)
 
 
 if __name__ == "__main__":

@@ -1,148 +1,285 @@
-"""Training throughput and peak memory of an H-Net against an isotropic byte Transformer of equal FLOPs per byte.
+"""Training throughput, peak memory and MFU: the trainer on its configs, or one model on packed text.
 
-For each length (default 1K, 4K, 16K bytes; batch 1; packed documents of real text, as the trainer sees them) one
-forward + backward of the trainer's objective, for the H-Net of ``benchmarks/configs/hnet_2stage_bench.json`` (the
-released 2-stage layout shrunk to 41M parameters: widths 256/384/512, main network T8, d_state 64) with its routers
-calibrated to the ratio-loss targets (``evaluation.calibration``; a random router compresses far less), and for
-the LlamaByte-style Transformer whose FLOPs per byte match it at ``--match-length`` (``evaluation.baselines``).
+Every measurement runs in a fresh process (its peak memory is its own) and is one row of the table. A model is
 
-Each (model, length) runs in a fresh process: after building the model it resets the kernel's peak-RSS counter,
-then runs warm-up and timed iterations; peak memory = peak RSS - RSS before them. bytes/s comes from the fastest
-timed iteration (other processes only ever add time; ``--threads 1`` is steadier on shared cores); no iteration
-starts that would overrun ``--budget`` seconds (* = only the cold warm-up fitted). Writes
-``benchmarks/results/train_throughput_cpu.md``.
+- a training YAML (``configs/tiny_2stage.yaml``): the trainer itself (``hnet train``, the config's sequence length,
+  batch, optimizer and corpus) for ``--warmup`` + ``--steps`` steps in a throwaway run folder, validation only at the
+  end (``--set eval.windows=4`` shortens it): bytes/s of the fastest and the median step after the warm-up, peak RSS
+  of the process, the final validation BPB. ``--commit REV`` also runs these in a git worktree of REV (its code and
+  configs, this checkout's corpus), so that two commits are compared in one run;
+- a model JSON (``configs/models/small_2stage.json``) or ``iso``, the isotropic byte Transformer with the FLOPs per
+  byte of the JSON before it at ``--match-length`` (``evaluation.baselines``, sliding window 1024 like LlamaByte):
+  random weights, routers calibrated to ``--compression`` (default: the ratio-loss targets); ``--batch`` rows of each
+  of ``--lengths`` bytes of packed documents of ``--text``, cycling over ``--windows`` windows; the trainer's objective,
+  backward and AdamW; ``--steps`` timed steps after ``--warmup``; peak RSS of the steps minus the RSS before them.
+
+Each model is crossed with ``--precisions`` (fp32, bf16 autocast), ``--compile`` (off, on: ``model.compile()``; for a
+YAML the ``train.compile`` option, where the commit has it) and ``--checkpointing`` (off, on: every stage recomputed
+in the backward pass). "vs base": bytes/s and peak memory against the first row of the same model and length, or with
+``--baseline NAME`` against that model's row of the same length and settings. MFU = training FLOPs per byte (paper
+App. B at the realised compression, 3 x forward) x bytes/s / the ``torch.mm`` rate of the row's precision, measured in
+this run. ``--profile`` adds one step's operator profile per model (first setting). The table goes to
+``benchmarks/results/train_throughput_cpu.md`` unless ``--output``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import itertools
+import math
+import os
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmarks import common
 from dynamic_chunker import HNetConfig
 from dynamic_chunker.evaluation.baselines import isotropic_config
-from dynamic_chunker.evaluation.calibration import calibrate_routing
-from dynamic_chunker.evaluation.compression import positions_per_chunk
 from dynamic_chunker.evaluation.flops import default_compression, forward_flops_per_byte, training_flops_per_byte
+from dynamic_chunker.layers import kernels
+from dynamic_chunker.training import load_config
+
+BENCH_CONFIG = common.HERE / "configs" / "hnet_2stage_bench.json"
+SETTINGS = ("precision", "compile", "checkpointing", "kernels")
+WINDOW_STRIDE = 100_003  # bytes between the starts of consecutive windows
 
 
 def measure(spec: dict) -> dict:
-    """One (model, length) measurement; runs in its own process."""
+    """One model at one length and setting, on packed text; runs in its own process."""
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    model = common.build(HNetConfig.from_dict(spec["config"]))
-    if spec["routing"]:
-        model.load_state_dict({**model.state_dict(), **torch.load(spec["routing"], weights_only=True)})
-    ids = common.text_rows(Path(spec["text"]), 1, spec["length"] + 1)
-    targets = spec["targets"] if spec["routing"] else []
-    exact = common.reset_peak_rss()
-    baseline = common.peak_rss_bytes()
-    warm, times, counts = [], [], []
-    for _ in range(spec["warmup"]):
-        start = time.perf_counter()
-        counts = common.chunk_counts(common.training_step(model, None, ids, targets))
-        warm.append(time.perf_counter() - start)
-    left = spec["budget"] - sum(warm)
-    while len(times) < spec["max_iters"] and not (len(times) >= spec["min_iters"] and sum(times) >= spec["min_time"]):
-        if (times or warm) and (times or warm)[-1] > left:
-            break  # the next iteration would not fit
-        start = time.perf_counter()
-        counts = common.chunk_counts(common.training_step(model, None, ids, targets))
-        times.append(time.perf_counter() - start)
-        left -= times[-1]
+    count, batch = spec["windows"], spec["batch"]
+    rows = common.text_rows(Path(spec["text"]), count * batch, spec["length"] + 1, WINDOW_STRIDE)
+    windows, targets = list(rows.split(batch)), spec["targets"]
+    model = common.build(HNetConfig.from_dict(spec["config"]), windows[0][:, :-1], targets).to(spec["device"])
+    windows = [w.to(spec["device"]) for w in windows]
+    model.set_gradient_checkpointing(spec["checkpointing"])
+    if spec["compile"]:
+        torch._dynamo.reset()
+        model.compile()
+    exact, before = common.reset_peak(spec["device"]), common.peak_bytes(spec["device"]) * (spec["device"] == "cpu")
+    bf16 = spec["precision"] == "bf16"
+    with kernels.use_kernels(spec["kernels"] == "on"):  # kernel calls are counted after the warm-up
+        result = common.time_training(model, windows, targets, spec["warmup"], spec["steps"], bf16, kernels.usage.clear)
+    result.update(peak_bytes=common.peak_bytes(spec["device"]) - before, exact=exact, params=common.params(model))
+    result["calls"] = ", ".join(f"{k} {n / spec['steps']:g}" for k, n in sorted(kernels.usage.items())) or "none"
+    if spec["compile"]:
+        counters = torch._dynamo.utils.counters
+        breaks = sum(counters["graph_break"].values())
+        result["dynamo"] = f"{counters['stats']['unique_graphs']} graphs, {breaks} breaks"
+    if spec["profile"]:
+        step = lambda: common.training_step(model, None, windows[0], targets, bf16=bf16)  # noqa: E731
+        result["profile"] = common.profile_table(step)
+    return result
+
+
+def run_trainer(config: Path, tree: Path, setting: dict, args, corpus: str) -> dict:
+    """``hnet train`` of the code in ``tree`` for warm-up + timed steps in a fresh process: its logged rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        overrides = [f"out={out}", f"data.corpus={corpus}", f"train.steps={args.warmup + args.steps}", "eval.every=0"]
+        overrides += ["checkpoint.every=0", f"train.dtype={setting['precision']}", *args.set]
+        overrides += ["train.compile=true"] * setting["compile"] + ["train.gradient_checkpointing=true"] * setting[
+            "checkpointing"
+        ]
+        env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+        env["DYNAMIC_CHUNKER_KERNELS"] = str(int(setting["kernels"] == "on"))
+        env.update({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})
+        command = [sys.executable, "-m", "dynamic_chunker.cli", "train", str(config), *overrides, "--no-progress"]
+        with open(Path(tmp) / "log.txt", "w+") as log:
+            proc = subprocess.Popen(command, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                log.seek(0)
+                raise common.WorkerError(f"hnet train {config.name}", proc.returncode, log.read())
+        read = [list(csv.DictReader(open(out / name))) for name in ("train.csv", "eval.csv")]
+        used = yaml.safe_load((out / "train.yaml").read_text())
+    steps = [float(row["bytes_per_s"]) for row in read[0][args.warmup :]]
+    stages = sum(key.startswith("compression_") for key in read[0][0])
+    ratio = [sum(float(r[f"compression_{s}"]) for r in read[0][args.warmup :]) / len(steps) for s in range(stages)]
+    model = used["model"]
+    model = HNetConfig.from_dict(model) if isinstance(model, dict) else HNetConfig.from_json(tree / model)
+    length = used["data"]["seq_len"]
     return {
-        "seconds": times or warm,
-        "cold": not times,
-        "bytes_per_s": spec["length"] / min(times or warm),
-        "peak_bytes": common.peak_rss_bytes() - baseline,
-        "exact": exact,
-        "compression": positions_per_chunk(spec["length"], counts),
-        "params": common.params(model),
+        "length": length,
+        "batch": used["train"]["batch_size"],
+        "first": used["train"]["batch_size"] * length / float(read[0][0]["bytes_per_s"]),
+        "loss": float(read[0][0]["loss"]),
+        "seconds": [used["train"]["batch_size"] * length / s for s in steps],
+        "bytes_per_s": max(steps),
+        "median_bytes_per_s": sorted(steps)[len(steps) // 2],
+        "compression": ratio,
+        "flops_per_byte": training_flops_per_byte(model, length, ratio),
+        "peak_bytes": usage.ru_maxrss * 1024,
+        "bpb": float(read[1][-1]["val_bpb"]),
+        "params": None,
     }
 
 
-def layout(config: HNetConfig) -> str:
-    def flat(node) -> str:
-        return node[0] if len(node) == 1 else f"{node[0]} / {flat(node[1])} / {node[2]}"
+def measure_row(what, setting: dict, tree: Path, length: int | None, args, peaks: dict, profile: bool) -> dict:
+    """One row: the trainer on a YAML (in ``tree``), or a model config at ``length`` in a worker process; a row
+    predicted (from the previous length's peak, linearly) to leave less than ``--margin-gb`` free is skipped."""
+    if isinstance(what, Path):
+        config = tree / what.relative_to(common.ROOT) if what.is_relative_to(common.ROOT) else what
+        return run_trainer(config, tree, setting, args, str(load_config(what).data.corpus))
+    key, available = (id(what), *setting.values()), common.available_bytes()
+    if key in peaks and available:
+        predicted = peaks[key][1] * length / peaks[key][0]
+        if predicted > available - args.margin_gb * common.GIB:
+            message = f"skipped: {predicted / common.GIB:.1f} GiB predicted, {available / common.GIB:.1f} available"
+            raise common.WorkerError("", 0, message)
+    spec = {**vars(args), **setting, "text": str(args.text), "config": what.to_dict(), "length": length}
+    spec.update(targets=(args.compression or default_compression(what))[: what.num_stages - 1], profile=profile)
+    spec = {k: v for k, v in spec.items() if not isinstance(v, Path)}
+    result = common.run_worker("benchmarks.train_throughput", spec, f"{length} bytes")
+    peaks[key] = (length, result["peak_bytes"])
+    return result
 
-    return f"{flat(config.arch_layout)}, widths {config.d_model}, d_intermediate {config.d_intermediate}"
+
+@contextlib.contextmanager
+def trees(commit: str | None):
+    """[(commit, a git worktree of it)] for ``--commit`` (removed afterwards), then ("", this checkout)."""
+    if not commit:
+        yield [("", common.ROOT)]
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "tree"
+        proc = subprocess.run(["git", "worktree", "add", "--detach", str(folder), commit], cwd=common.ROOT,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(f"--commit {commit}: git worktree add failed: {proc.stderr.strip()}")
+        try:
+            yield [(commit, folder), ("", common.ROOT)]
+        finally:
+            common.git("worktree", "remove", "--force", str(folder))
+
+
+def models(args) -> list[tuple[str, object]]:
+    """(name, what) per --models entry: a YAML path, or a model config (``iso`` derived from the JSON before it)."""
+    out, last = [], None
+    for entry in args.models:
+        name = Path(entry).stem if Path(entry).stem != "config" else Path(entry).parent.name  # a model folder
+        if entry.endswith((".yaml", ".yml")):
+            out.append((name, Path(entry).absolute()))
+        elif entry == "iso":
+            if last is None:
+                raise SystemExit("--models: iso needs a model JSON before it (the H-Net whose FLOPs it matches)")
+            target = forward_flops_per_byte(last, args.match_length, args.compression or default_compression(last))
+            out.append(("iso", isotropic_config(last, target, args.match_length)))
+        else:
+            last = HNetConfig.from_json(entry)
+            out.append((name, last))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     if common.worker_entry(argv, measure):
         return
-    parser = common.parser(__doc__, "train_throughput_cpu.md", common.HERE / "configs" / "hnet_2stage_bench.json")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser = common.parser(__doc__, "train_throughput_cpu.md")
+    parser.add_argument("--models", nargs="+", default=[str(BENCH_CONFIG), "iso"], help="YAML, model JSON or iso")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384], help="bytes (model JSONs)")
+    parser.add_argument("--batch", type=int, default=1, help="rows per step (model JSONs)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
+    parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"])
+    parser.add_argument("--checkpointing", nargs="+", choices=["off", "on"], default=["off"])
+    parser.add_argument("--kernels", nargs="+", choices=["on", "off"], default=["on"], help="optional CUDA kernels")
+    parser.add_argument("--device", default="cpu", help="torch device of the model JSON rows (cuda: see --kernels)")
+    parser.add_argument("--commit", help="also measure the YAML configs at this commit (a git worktree)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for the YAML runs")
+    parser.add_argument("--baseline", help="model name that 'vs base' compares against (default: the first setting)")
     parser.add_argument("--compression", type=float, nargs="+", help="bytes per chunk per stage (default: targets)")
-    parser.add_argument("--match-length", type=int, default=4096, help="length at which FLOPs per byte are matched")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--min-iters", type=int, default=2)
-    parser.add_argument("--max-iters", type=int, default=10)
-    parser.add_argument("--min-time", type=float, default=5.0, help="seconds of timed iterations per measurement")
-    parser.add_argument("--budget", type=float, default=120.0, help="seconds per (model, length) measurement")
+    parser.add_argument("--match-length", type=int, default=4096, help="length at which iso matches FLOPs per byte")
+    parser.add_argument("--windows", type=int, default=2, help="different text windows the steps cycle over")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation, allocator warm-up)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per row")
+    parser.add_argument("--margin-gb", type=float, default=2.0, help="skip rows predicted to leave less memory free")
+    parser.add_argument("--mm-size", type=int, default=4096, help="matrix size of the torch.mm rate")
+    parser.add_argument("--profile", action="store_true", help="an operator profile of one step per model")
     args = common.parse(parser, argv)
     run = common.Run("train_throughput", argv)
-    hnet = HNetConfig.from_json(args.config)
-    args.compression = args.compression or default_compression(hnet)
-    target = forward_flops_per_byte(hnet, args.match_length, args.compression)
-    iso = isotropic_config(hnet, target, args.match_length)
-    spec = {"text": str(args.text), "targets": args.compression, "threads": args.threads}
-    spec.update({k: getattr(args, k) for k in ("warmup", "min_iters", "max_iters", "min_time", "budget")})
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for length in args.lengths:
-            routing = Path(tmp) / f"routing_{length}.pt"
-            torch.save(
-                calibrate_routing(common.build(hnet), common.text_rows(args.text, 1, length), args.compression), routing
-            )
-            row = {"length": length}
-            for name, config in (("hnet", hnet), ("iso", iso)):
-                job = {**spec, "config": config.to_dict(), "length": length, "routing": str(routing) * (name == "hnet")}
-                row[name] = common.run_worker("benchmarks.train_throughput", job, f"{name} at {length} bytes")
-                print(f"{length} bytes {name}: {row[name]['bytes_per_s']:,.0f} bytes/s", flush=True)
-            rows.append(row)
+    choices = itertools.product(args.precisions, args.compile, args.checkpointing, args.kernels)
+    settings = [dict(zip(SETTINGS, (p, c == "on", g == "on", k), strict=True)) for p, c, g, k in choices]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    rates = {p: common.matmul_rate(dtypes[p], args.mm_size, 5, args.device) for p in args.precisions}
+    rows, profiles, peaks = [], {}, {}
+    with trees(args.commit) as checkouts:
+        for (name, what), setting in itertools.product(models(args), settings):
+            for rev, tree, length in (
+                [(rev, tree, None) for rev, tree in checkouts]
+                if isinstance(what, Path)
+                else [("", common.ROOT, n) for n in args.lengths]
+            ):
+                row = {"model": name, "commit": rev, "length": length, **setting}
+                profile = args.profile and name not in profiles
+                try:
+                    row.update(measure_row(what, setting, tree, length, args, peaks, profile))
+                except common.WorkerError as err:  # out of memory, an option this commit lacks: a row that says so
+                    row["error"] = err.last_line
+                profiles.update({name: row.pop("profile")} if "profile" in row else {})
+                rows.append(row)
+                print(f"{name} {rev} {setting} {length}: {row.get('error', row.get('bytes_per_s'))}", flush=True)
+    common.write_report(report(args, run, rows, rates, profiles), args.output)
+
+
+def report(args, run: common.Run, rows: list[dict], rates: dict, profiles: dict) -> list[str]:
+    described = []
+    for name, what in models(args):
+        if isinstance(what, Path):
+            described.append(f"`{name}`: the trainer on `{common.shown(what)}`")
+        else:
+            window = f", window {what.attn_cfg.window_size}" * (what.num_stages == 1)
+            described.append(f"`{name}`: {what.arch_layout}{window}, widths {what.d_model}, d_ff {what.d_intermediate}")
     lines = run.header(
-        "Training throughput: H-Net vs isotropic byte Transformer of equal FLOPs per byte (CPU)",
-        f"Text: `{common.shown(args.text)}`, packed documents (ids change at BOS); batch 1; forward + backward "
-        f"of the {common.LOSS} "
-        f"(no optimizer step); {args.warmup} warm-up, then >= {args.min_iters} timed iterations and "
-        f"{args.min_time:g} s within {args.budget:g} s per measurement; bytes/s from the fastest (* = cold warm-up).",
-        f"H-Net: `{common.shown(args.config)}`: {layout(hnet)}, d_state {hnet.ssm_cfg.d_state}; "
-        f"{rows[0]['hnet']['params'] / 1e6:.1f}M parameters; routers calibrated to {args.compression} bytes per chunk.",
-        f"Isotropic: {layout(iso)}, window {iso.attn_cfg.window_size[0] + 1} keys; "
-        f"{rows[0]['iso']['params'] / 1e6:.1f}M parameters; FLOPs per byte matched at {args.match_length} bytes.",
+        f"Training throughput, peak memory and MFU ({args.device})",
+        "Models: " + "; ".join(described),
+        f"Model JSONs: batch {args.batch} of `{common.shown(args.text)}` (packed documents), {args.windows} windows, "
+        f"{common.LOSS}, backward, AdamW; routers calibrated to {args.compression or 'the ratio-loss targets'}. "
+        f"All rows: {args.warmup} warm-up + {args.steps} timed steps"
+        + (f"; trainer overrides {' '.join(args.set)}" if args.set else ""),
+        f"torch.mm rate ({args.mm_size} x {args.mm_size}, best of 5): "
+        + ", ".join(f"{p} {r / 1e9:.0f} GFLOP/s" for p, r in rates.items()),
     )
     lines += [
-        "| bytes | H-Net bytes/s | isotropic bytes/s | ratio H/I | H-Net peak mem | isotropic peak mem | ratio H/I "
-        "| H-Net bytes/chunk per stage | fwd MFLOPs/byte H / I | training GFLOP/s H / I |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| model | bytes x batch | precision | compile | checkpointing | kernels (calls per step) | bytes/s (best) "
+        "| bytes/s (median) | vs base | peak memory | memory vs base | bytes/chunk | training MFLOPs/byte | GFLOP/s "
+        "| MFU | first step (s) | loss (step 1) | val BPB |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
-        n, h, i = row["length"], row["hnet"], row["iso"]
-        speeds = [f"{r['bytes_per_s']:,.0f}" + "*" * r["cold"] for r in (h, i)]
-        flops = [forward_flops_per_byte(hnet, n, h["compression"]), forward_flops_per_byte(iso, n, [])]
-        train = [training_flops_per_byte(hnet, n, h["compression"]) * h["bytes_per_s"] / 1e9]
-        train.append(training_flops_per_byte(iso, n, []) * i["bytes_per_s"] / 1e9)
+    for r in rows:
+        model = r["model"] + (f" @{r['commit']}" if r["commit"] else "")
+        head = f"| {model} | {r['length']} x {r.get('batch', args.batch)} "
+        head += f"| {r['precision']} | {'on' if r['compile'] else 'off'} | {'on' if r['checkpointing'] else 'off'} | "
+        head += r["kernels"] + (f" ({r['calls']})" if r.get("calls", "none") != "none" else "") + " |"
+        if "error" in r:
+            lines.append(f"{head} {r['error']} |" + " |" * 11)
+            continue
+        bases = [b for b in rows if "error" not in b and b["length"] == r["length"] and (
+            b["model"] == args.baseline and all(b[k] == r[k] for k in SETTINGS)
+            if args.baseline else b["model"] == r["model"])]  # fmt: skip
+        base = bases[0] if bases else {"bytes_per_s": math.nan, "peak_bytes": math.nan}
+        flops = r["flops_per_byte"] * r["bytes_per_s"]
         lines.append(
-            f"| {n} | {speeds[0]} | {speeds[1]} | {h['bytes_per_s'] / i['bytes_per_s']:.2f} | "
-            f"{h['peak_bytes'] / 2**20:,.0f} MiB | {i['peak_bytes'] / 2**20:,.0f} MiB | "
-            f"{h['peak_bytes'] / i['peak_bytes']:.2f} | {common.fmt(h['compression'])} | {flops[0] / 1e6:.1f} / "
-            f"{flops[1] / 1e6:.1f} | {train[0]:.1f} / {train[1]:.1f} |"
+            f"{head} {r['bytes_per_s']:,.0f} | {r['median_bytes_per_s']:,.0f} | "
+            f"{r['bytes_per_s'] / base['bytes_per_s']:.2f}x | {r['peak_bytes'] / common.GIB:.2f} GiB | "
+            f"{r['peak_bytes'] / base['peak_bytes']:.2f} | {common.fmt(r['compression'])} | "
+            f"{r['flops_per_byte'] / 1e6:.1f} | {flops / 1e9:.1f} | {flops / rates[r['precision']]:.1%} | "
+            f"{r['first']:.2f} | {r['loss']:.3f} | " + (f"{r['bpb']:.4f} |" if "bpb" in r else "- |")
         )
-    exact = all(r[m]["exact"] for r in rows for m in ("hnet", "iso"))
-    lines += [
-        "",
-        "Peak memory: peak RSS during the iterations minus the RSS before them, a fresh process per (model, length)"
-        + ("." if exact else " (the counter could not be reset: may under-report)."),
-        "FLOPs: paper App. B counting at the realised compression; training = 3 x forward. Iteration times (s): "
-        + "; ".join(
-            f"{r['length']}: H {common.fmt(r['hnet']['seconds'])} | I {common.fmt(r['iso']['seconds'])}" for r in rows
-        ),
-    ]
-    common.write_report(lines, args.output)
+    notes = [f"{r['model']} {r['commit']} {r['length']}: {common.fmt(r['seconds'], 3)}" for r in rows if "seconds" in r]
+    lines += ["", "Step times (s): " + "; ".join(notes)]
+    dynamo = [f"{r['model']} {r['length']} {r['precision']}: {r['dynamo']}" for r in rows if "dynamo" in r]
+    lines += [f"torch.compile: {'; '.join(dynamo)}"] * bool(dynamo)
+    if not all(r.get("exact", True) for r in rows):
+        lines.append("The peak-RSS counter could not be reset: model rows may under-report peak memory.")
+    for name, table in profiles.items():
+        lines += ["", f"## Profile: one training step of {name}", "", "```", table, "```"]
+    return lines
 
 
 if __name__ == "__main__":

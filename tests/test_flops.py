@@ -6,6 +6,7 @@ from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.config import OFFICIAL_CONFIGS, SSMConfig
 from dynamic_chunker.evaluation.flops import (
     attention_flops,
+    boundary_flops_per_byte,
     default_compression,
     flops_breakdown,
     forward_flops_per_byte,
@@ -138,3 +139,14 @@ def test_default_compression_is_the_ratio_loss_target():
 def test_bad_input(seq_len, compression, message):
     with pytest.raises(ValueError, match=message):
         forward_flops_per_byte(official("hnet_2stage_L"), seq_len, compression)
+
+
+def test_boundary_flops_leave_out_decoders_main_network_and_head():
+    config = official("hnet_2stage_XL")
+    parts = flops_breakdown(config, 8192, [3.0, 3.0])
+    boundaries = boundary_flops_per_byte(config, 8192, [3.0, 3.0])
+    left_out = [k for k in parts if "decoder" in k or k == "lm_head" or k.startswith("stage2")]
+    assert len(left_out) >= 4
+    routing = parts["stage0.routing"] + parts["stage1.routing"]
+    expected = forward_flops_per_byte(config, 8192, [3.0, 3.0]) - sum(parts[k] for k in left_out) - routing / 3
+    assert boundaries == pytest.approx(expected)

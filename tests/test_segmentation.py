@@ -240,7 +240,7 @@ def test_bad_arguments_say_what_is_wrong():
 def test_windows_with_discarded_context_agree_with_longer_windows():
     # The check is 1 MB with the default window against twice that; with this random model (whose Mamba
     # decays are as slow as a trained one's) 64 KB and windows of 2K / 4K bytes with 512 bytes of context run in
-    # seconds; benchmarks/chunk_speed.py measures the full-size check with the bundled model.
+    # seconds; `python -m benchmarks.chunk_speed` measures the full-size check with the bundled model.
     rng = np.random.default_rng(0)
     words = [w.encode() for w in SAMPLE.split()]
     data = b" ".join(words[i] for i in rng.integers(0, len(words), 12000))[: 1 << 16]

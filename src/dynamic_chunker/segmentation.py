@@ -283,7 +283,7 @@ class HNetChunker:
         min_fraction: a cut is chosen among positions from ``min_fraction * chunk_size`` to ``chunk_size``.
         layout_weight: weight of the layout scores (blank lines, sentence ends, line breaks) added to the model's.
             The defaults (2.0, min_fraction 0.3) cut the fewest SQuAD answers in two in the settings screen of
-            ``benchmarks/chunk_retrieval.py`` (``benchmarks/results/chunk_retrieval_screen.md``).
+            ``python -m benchmarks.chunk_retrieval`` (``benchmarks/results/chunk_retrieval_screen.md``).
         model_weight: weight of the model's boundary strength (0: layout only, an ablation).
         window, context, batch_size: bytes per window, discarded left context per window, windows per model call
             (default: 1 on CPU, 8 on other devices).

@@ -133,3 +133,11 @@ def forward_flops_per_byte(config: HNetConfig, seq_len: int = 8192, compression:
 def training_flops_per_byte(config: HNetConfig, seq_len: int = 8192, compression: list[float] | None = None) -> float:
     """Forward + backward FLOPs per byte: 3 x forward (backward = 2 x forward)."""
     return 3.0 * forward_flops_per_byte(config, seq_len, compression)
+
+
+def boundary_flops_per_byte(config: HNetConfig, seq_len: int = 8192, compression: list[float] | None = None) -> float:
+    """Forward FLOPs per byte of ``model.boundaries``: the embedding, each chunking stage's encoder and its q/k
+    routing projections (2/3 of the routing entry, which also counts the residual projection)."""
+    parts = flops_breakdown(config, seq_len, compression)
+    stages = range(config.num_stages - 1)
+    return parts["embedding"] + sum(parts[f"stage{s}.encoder"] + parts[f"stage{s}.routing"] * 2 / 3 for s in stages)

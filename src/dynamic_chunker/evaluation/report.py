@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import platform
 from pathlib import Path
+
+
+def machine(device: str = "cpu") -> str:
+    """The machine in one line, for reports: CPUs and their model, the GPU of a CUDA device, torch and its threads."""
+    import torch
+
+    cpu = platform.processor() or platform.machine() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    if str(device).startswith("cuda"):
+        cpu += f", GPU {torch.cuda.get_device_name(device)}"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpus} CPUs, {cpu}, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
 
 
 def markdown_table(rows: dict[str, dict], first: str = "name") -> str:

@@ -10,7 +10,6 @@ import gzip
 import importlib
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..errors import InvalidArgument
 from .chunkers import BASELINES, calibrate
+from .report import machine
 from .retrieval import METRICS, VARIANTS, ChunkerResult, Scores, evaluate_chunkers, load_corpus, paired_difference
 
 REFERENCE = "fixed-size"  # paired differences are taken against fixed-size chunks of about the same mean length
@@ -64,17 +64,6 @@ def load_chunker(spec: str):
     except (ImportError, AttributeError) as err:
         raise InvalidArgument(f"--chunker {spec!r}: cannot load {function} from {module_name}: {err}") from err
     return name or target, chunker
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
-    return f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, load average at the end {load}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,20 +117,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"{variant}: scoring {name}", file=sys.stderr)
             results.update(evaluate_chunkers(corpus, {name: chunker}, embedder, ks, args.throughput_runs, info))
             report["variants"][variant] = variant_record(corpus, results, missing)
-            write_outputs(report, compared, embedder, begin, Path(args.out), final=False)
+            write_outputs(report, compared, embedder, begin, Path(args.out), False, getattr(args, "command", None))
         report["variants"][variant] = variant_record(corpus, results, missing)
-    text = write_outputs(report, compared, embedder, begin, Path(args.out), final=True)
+    text = write_outputs(report, compared, embedder, begin, Path(args.out), True, getattr(args, "command", None))
     print(text)
     print(f"wrote {args.out}.md, .png and .json.gz in {report['meta']['seconds']:.0f} s", file=sys.stderr)
     return 0
 
 
-def write_outputs(report: dict, compared: list[dict], embedder, begin: float, out: Path, final: bool) -> str:
+def write_outputs(
+    report: dict, compared: list[dict], embedder, begin: float, out: Path, final: bool, command: str | None = None
+) -> str:
     """Write the per-question scores (.json.gz), the markdown report and the plot, all with the ``compared`` runs
-    merged in; returns the markdown. Called after every chunker, so a stopped run leaves what it finished."""
+    merged in; returns the markdown. Called after every chunker, so a stopped run leaves what it finished.
+    ``command``: how the report was made (default: this process's command line)."""
     report["meta"] = {
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": machine(),
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": f"{machine()}, load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         "seconds": time.perf_counter() - begin,
         "embedded_texts": embedder.embedded,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
