@@ -24,7 +24,6 @@ import argparse
 import importlib.metadata
 import math
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -135,37 +134,29 @@ def measure_memory(spec: dict) -> dict:
     return {"peak_bytes": common.peak_bytes() - baseline, "exact": exact}
 
 
-def measure_time(args, length: int) -> dict:
-    """Interleaved training steps of both models in this process: median seconds and realised bytes per chunk."""
+def measure_time(args, length: int, profile: bool) -> dict:
+    """Interleaved training steps of both models in this process: median seconds and realised bytes per chunk; with
+    ``profile``, the operators of one more step of each by self CPU time."""
     ids = common.text_rows(args.text, args.batch, length + 1, ROW_OFFSET)
     built = {name: setup(name, args, ids) for name in ("ours", "peer")}
-    times, chunks = {"ours": [], "peer": []}, {"ours": [], "peer": []}
+    runs = {"ours": [], "peer": []}
     for rep in range(args.warmup + args.reps):
         for name in ("ours", "peer") if rep % 2 == 0 else ("peer", "ours"):
-            start = time.perf_counter()
-            count = built[name][1]()
-            if rep >= args.warmup:
-                times[name].append(time.perf_counter() - start)
-                chunks[name].append(count)
+            seconds, count = common.timed(built[name][1])
+            runs[name] += [(seconds, args.batch * length / count)] * (rep >= args.warmup)
     result = {"length": length}
-    for name, (model, _) in built.items():
-        per_chunk = [args.batch * length / c for c in chunks[name]]
+    for name, (model, step) in built.items():
         result[name] = {
-            "seconds": times[name],
-            "bytes_per_s": args.batch * length / statistics.median(times[name]),
-            "bytes_per_chunk": (min(per_chunk), max(per_chunk)),
+            "seconds": [t for t, _ in runs[name]],
+            "bytes_per_s": args.batch * length / statistics.median(t for t, _ in runs[name]),
+            "bytes_per_chunk": (min(c for _, c in runs[name]), max(c for _, c in runs[name])),
             "params": common.params(model),
+            "profile": common.profile_table(step, rows=12) if profile else None,
         }
     return result
 
 
-def profiles(args, length: int) -> dict[str, str]:
-    """The operators of one training step of each model by self CPU time."""
-    ids = common.text_rows(args.text, args.batch, length + 1, ROW_OFFSET)
-    return {name: common.profile_table(setup(name, args, ids)[1], rows=12) for name in ("ours", "peer")}
-
-
-def report(args, run: common.Run, rows: list[dict], profiles: dict[str, str]) -> list[str]:
+def report(args, run: common.Run, rows: list[dict]) -> list[str]:
     config, gib = our_config(args), 2**30
     versions = f"{PEER_PACKAGE} {importlib.metadata.version(PEER_PACKAGE)}, x-transformers "
     lines = run.header(
@@ -198,7 +189,8 @@ def report(args, run: common.Run, rows: list[dict], profiles: dict[str, str]) ->
     exact = all(r[m]["exact"] for r in rows for m in ("ours", "peer"))
     lines += ["", "Step times (s): " + "; ".join(times), ""]
     lines += ["Peak memory from VmHWM after resetting it." if exact else "Peak memory may under-report.", ""]
-    for name, table in profiles.items():
+    for name in ("ours", "peer"):
+        table = rows[-1][name]["profile"]
         lines += [f"## Profile: one training step of {name} at {rows[-1]['length']} bytes", "", "```", table, "```", ""]
     return lines
 
@@ -226,13 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     shared = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     rows = []
     for length in args.lengths:
-        row = measure_time(args, length)
+        row = measure_time(args, length, length == args.lengths[-1])
         for name in ("ours", "peer"):
             spec = {"model": name, "length": length, "steps": args.memory_steps, "threads": args.threads}
             row[name].update(common.run_worker("benchmarks.peer", {**spec, "args": shared}, f"{name} at {length}"))
         rows.append(row)
         print(f"{length} bytes: ours {row['ours']['bytes_per_s']:,.0f}, peer {row['peer']['bytes_per_s']:,.0f} B/s")
-    common.write_report(report(args, run, rows, profiles(args, args.lengths[-1])), args.output)
+    common.write_report(report(args, run, rows), args.output)
 
 
 if __name__ == "__main__":
