@@ -116,11 +116,12 @@ def compression(length: float, counts: list[float]) -> list[float]:
 
 def time_training(model, windows: list[torch.Tensor], targets: list[float], warmup: int, steps: int, bf16: bool,
                   after_warmup=None) -> dict:  # fmt: skip
-    """Training steps (AdamW over the stage parameter groups, lr 3e-4) cycling over (B, L + 1) packed ``windows``:
+    """Training steps (AdamW over the stage parameter groups with lr 0: the same arithmetic as any lr, while the
+    weights, and so the calibrated compression, stay fixed) cycling over (B, L + 1) packed ``windows``:
     the first step's seconds and loss, then ``steps`` timed steps after ``warmup``: step seconds, bytes/s of the
     fastest and the median, realised compression and training FLOPs per byte (paper App. B, 3 x forward).
     ``after_warmup()`` (if given) runs before the timed steps."""
-    optimizer = build_optimizer(model, 3e-4, [1.0] * model.config.num_stages, weight_decay=0.1)
+    optimizer = build_optimizer(model, 0.0, [1.0] * model.config.num_stages, weight_decay=0.1)
     device = windows[0].device
     first, losses = timed(lambda: training_step(model, optimizer, windows[0], targets, bf16=bf16), device)
     loss = losses.total().item()

@@ -166,7 +166,7 @@ def report(args, run: common.Run, rows: list[dict]) -> list[str]:
         f"widths {config.d_intermediate}, heads {config.attn_cfg.num_heads} of {HEAD_DIM} dims, float32; ours "
         f"{rows[0]['ours']['params'] / 1e6:.2f}M parameters, peer {rows[0]['peer']['params'] / 1e6:.2f}M; routers "
         f"calibrated to {args.bytes_per_chunk:g} bytes per chunk; loss CE + {RATIO_LOSS_WEIGHT} x ratio loss",
-        f"Text: `data/english/train.bin`, batch {args.batch}; {args.warmup} warm-up step(s) each, then {args.reps} "
+        f"Text: `{common.shown(args.text)}`, batch {args.batch}; {args.warmup} warm-up step(s) each, then {args.reps} "
         f"interleaved repetitions, bytes/s from the median step; memory over {args.memory_steps} training steps "
         "(the first allocates AdamW's state), a fresh process per (model, length)",
     )
