@@ -32,9 +32,8 @@ def text_batches(path: Path, batch: int, length: int, limit: int | None) -> list
 def measure(model, batches, passes: int) -> dict:
     ids, docs = batches[0]
     full, fast = model(ids, document_ids=docs), model.boundaries(ids, document_ids=docs)
-    same = all(torch.equal(a.boundary_mask, b.boundary_mask) for a, b in zip(full.routing, fast.routing))
     total = sum(ids.numel() for ids, _ in batches)
-    out = {"same": same}
+    out = {"same": all(torch.equal(a.boundary_mask, b.boundary_mask) for a, b in zip(full.routing, fast.routing))}
     for name, fn in (("boundaries", model.boundaries), ("full", model)):
         fn(ids, document_ids=docs)  # warm-up
         one_pass = lambda fn=fn: [fn(i, document_ids=d) for i, d in batches]  # noqa: E731
@@ -77,11 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     lines = run.header(
         "Boundary extraction: `model.boundaries` vs the full forward (CPU)",
         f"Model: `{common.shown(args.config)}` {config.arch_layout}, widths {config.d_model}, "
-        f"{common.params(model) / 1e6:.1f}M "
-        f"parameters, float32, random weights (seed 0); routers random-init or calibrated to {targets} bytes per chunk",
-        f"Text: `{common.shown(args.text)}`, packed documents (ids change at BOS), cut into rows; MB/s = 10^6 "
-        "bytes per "
-        f"second from the fastest of {args.passes} timed passes after a warm-up call",
+        f"{common.params(model) / 1e6:.1f}M parameters, float32, random weights (seed 0); routers random-init or"
+        f" calibrated to {targets} bytes per chunk",
+        f"Text: `{common.shown(args.text)}`, packed documents (ids change at BOS), cut into rows; MB/s = 10^6 bytes"
+        f" per second from the fastest of {args.passes} timed passes after a warm-up call",
         f"float32 `torch.mm` rate in the same run (4096 x 4096, best of 5): {mm_rate / 1e9:.0f} GFLOP/s. Boundary "
         "MFLOPs/byte: embedding + each chunking stage's encoder and q/k projections (App. B counting, realised "
         "compression); 'MB/s at mm rate' = the matmul rate / those FLOPs.",
@@ -98,10 +96,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['flops'] / 1e6:.2f} | {r['flops'] * r['boundaries_mb_s'] / 1e3:.1f} | "
             f"{mm_rate / r['flops'] / 1e6:.3f} |"
         )
-    times = [
-        f"{r['setting']} {r['routers']}: {common.fmt(r['boundaries_times'])} | {common.fmt(r['full_times'])}"
-        for r in rows
-    ]
+    times = [f"{r['setting']} {r['routers']}: {common.fmt(r['boundaries_times'])} | {common.fmt(r['full_times'])}"
+             for r in rows]  # fmt: skip
     lines += ["", "Pass times (s), boundaries | full: " + "; ".join(times), ""]
     if args.profile:
         lines += [f"## Profile: one `model.boundaries` call ({args.settings[0]}, calibrated routers)", "", "```"]

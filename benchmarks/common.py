@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -122,30 +123,22 @@ def time_training(model, windows: list[torch.Tensor], targets: list[float], warm
     fastest and the median, realised compression and training FLOPs per byte (paper App. B, 3 x forward).
     ``after_warmup()`` (if given) runs before the timed steps."""
     optimizer = build_optimizer(model, 0.0, [1.0] * model.config.num_stages, weight_decay=0.1)
-    device = windows[0].device
-    first, losses = timed(lambda: training_step(model, optimizer, windows[0], targets, bf16=bf16), device)
-    loss = losses.total().item()
+    device, batch, length = windows[0].device, windows[0].shape[0], windows[0].shape[1] - 1
+
+    def step(i: int):
+        return training_step(model, optimizer, windows[i % len(windows)], targets, bf16=bf16)
+
+    first, losses = timed(lambda: step(0), device)
     for i in range(1, warmup):
-        training_step(model, optimizer, windows[i % len(windows)], targets, bf16=bf16)
+        step(i)
     if after_warmup is not None:
         after_warmup()
-    runs = []
-    for i in range(warmup, warmup + steps):
-        seconds, out = timed(lambda i=i: training_step(model, optimizer, windows[i % len(windows)], targets,
-                                                       bf16=bf16).output, device)  # fmt: skip
-        runs.append((seconds, chunk_counts(out)))
-    times = [t for t, _ in runs]
-    batch, length = windows[0].shape[0], windows[0].shape[1] - 1
-    ratio = compression(batch * length, np.mean([c for _, c in runs], axis=0).tolist())
-    return {
-        "first": first,
-        "loss": loss,
-        "seconds": times,
-        "bytes_per_s": batch * length / min(times),
-        "median_bytes_per_s": batch * length / statistics.median(times),
-        "compression": ratio,
-        "flops_per_byte": training_flops_per_byte(model.config, length, ratio),
-    }
+    runs = [timed(lambda i=i: chunk_counts(step(i).output), device) for i in range(warmup, warmup + steps)]
+    times, counts = [t for t, _ in runs], np.mean([c for _, c in runs], axis=0).tolist()
+    ratio = compression(batch * length, counts)
+    return {"first": first, "loss": losses.total().item(), "seconds": times, "bytes_per_s": batch * length / min(times),
+            "median_bytes_per_s": batch * length / statistics.median(times), "compression": ratio,
+            "flops_per_byte": training_flops_per_byte(model.config, length, ratio)}  # fmt: skip
 
 
 def params(model: torch.nn.Module) -> int:
@@ -226,11 +219,14 @@ def available_bytes() -> int | None:
 
 # ----------------------------------------------------------------------------------------- fresh-process workers
 class WorkerError(RuntimeError):
-    """A fresh-process measurement failed; ``last_line`` is the last line it wrote to stderr (or its exit status)."""
+    """A fresh-process measurement failed; ``last_line`` is the last exception it printed to stderr (else its last
+    line, or its exit status)."""
 
     def __init__(self, what: str, returncode: int, stderr: str):
         super().__init__(f"{what} failed:\n{stderr}")
-        self.last_line = (stderr.strip().splitlines() or [f"exit status {returncode}"])[-1]
+        lines = stderr.strip().splitlines() or [f"exit status {returncode}"]
+        errors = [line for line in lines if re.match(r"[A-Za-z_][\w.]*: ", line)]  # "module.SomeError: why"
+        self.last_line = (errors or lines)[-1]
 
 
 def run_worker(module: str, spec: dict, what: str) -> dict:

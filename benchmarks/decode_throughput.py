@@ -76,24 +76,19 @@ def main(argv: list[str] | None = None) -> None:
     lines = run.header(
         "Decoding throughput: cached stepping vs full recompute per byte",
         f"Device {args.device}; load average (1/5/15 min) before each context: {'; '.join(loads)}",
-        f"Model: `{json.dumps(config.arch_layout)}`, widths {config.d_model} "
-        f"({common.params(model) / 1e6:.1f}M parameters, "
-        f"float32, random weights; routers calibrated to {args.targets} positions per chunk on the text)",
-        f"Text: `{common.shown(args.text)}`; cached: {args.cached_steps} timed steps after a prefill and one "
-        "warm-up step; "
-        f"recompute: {args.recompute_steps} full forwards per setting",
+        f"Model: `{json.dumps(config.arch_layout)}`, widths {config.d_model} ({common.params(model) / 1e6:.1f}M "
+        f"parameters, float32, random weights; routers calibrated to {args.targets} positions per chunk on the text)",
+        f"Text: `{common.shown(args.text)}`; cached: {args.cached_steps} timed steps after a prefill and one warm-up "
+        f"step; recompute: {args.recompute_steps} full forwards per setting",
     )
     lines += [
         "| context (bytes) | batch | cached (bytes/s) | recompute (bytes/s) | speed-up | main network ran, per row "
         "| main network ran, per step (any row) | prefill (s) | max abs logit difference |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['context']} | {r['batch']} | {r['cached_bps']:,.1f} | {r['recompute_bps']:,.2f} "
-            f"| {r['cached_bps'] / r['recompute_bps']:,.0f}x | {r['main_per_row']:.1%} | {r['main_per_step']:.1%} "
-            f"| {r['prefill_s']:.2f} | {r['max_diff']:.1e} |"
-        )
+    lines += [f"| {r['context']} | {r['batch']} | {r['cached_bps']:,.1f} | {r['recompute_bps']:,.2f} "
+              f"| {r['cached_bps'] / r['recompute_bps']:,.0f}x | {r['main_per_row']:.1%} | {r['main_per_step']:.1%} "
+              f"| {r['prefill_s']:.2f} | {r['max_diff']:.1e} |" for r in rows]  # fmt: skip
     lines += [
         "",
         "Speed-up = cached / recompute bytes per second, both measured in this run. Stepping cost does not grow with "

@@ -4,11 +4,9 @@ For each config (default ``configs/models/small_2stage.json`` and ``benchmarks/c
 weights, routers calibrated on the CPU to the ratio-loss targets), on one batch of ``--batch`` x ``--length`` bytes of
 English (float32 and bf16 autocast, one document per row and packed documents): the kernels
 (``dynamic_chunker.layers.kernels``) against the pure path from the same weights: logits, chunk boundaries, loss and
-gradients. Training speed with the kernels on and off is ``train_throughput``'s:
-``python -m benchmarks.train_throughput --device cuda --kernels on off --precisions bf16 --batch 4 --lengths 8192
---models configs/models/small_2stage.json benchmarks/configs/hnet_2stage_gpu.json --output
-benchmarks/results/gpu_throughput.md``. Without CUDA this exits with code 2; ``--smoke --device cpu`` checks the script
-on a tiny config. Writes ``benchmarks/results/gpu_<device name>.md``.
+gradients. Training speed with the kernels on and off: ``train_throughput --device cuda --kernels on off`` (README,
+Optional GPU kernels). Without CUDA this exits with code 2; ``--smoke --device cpu`` checks the script on a tiny config.
+Writes ``benchmarks/results/gpu_<device name>.md``.
 """
 
 from __future__ import annotations

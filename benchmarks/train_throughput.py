@@ -29,6 +29,7 @@ import csv
 import itertools
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,26 +101,17 @@ def run_trainer(config: Path, tree: Path, setting: dict, args, corpus: str) -> d
                 raise common.WorkerError(f"hnet train {config.name}", proc.returncode, log.read())
         read = [list(csv.DictReader(open(out / name))) for name in ("train.csv", "eval.csv")]
         used = yaml.safe_load((out / "train.yaml").read_text())
-    steps = [float(row["bytes_per_s"]) for row in read[0][args.warmup :]]
-    stages = sum(key.startswith("compression_") for key in read[0][0])
-    ratio = [sum(float(r[f"compression_{s}"]) for r in read[0][args.warmup :]) / len(steps) for s in range(stages)]
-    model = used["model"]
+    timed = read[0][args.warmup :]
+    steps, ratio = [float(r["bytes_per_s"]) for r in timed], []
+    while f"compression_{len(ratio)}" in timed[0]:
+        ratio.append(sum(float(r[f"compression_{len(ratio)}"]) for r in timed) / len(timed))
+    model, length, batch = used["model"], used["data"]["seq_len"], used["train"]["batch_size"]
     model = HNetConfig.from_dict(model) if isinstance(model, dict) else HNetConfig.from_json(tree / model)
-    length = used["data"]["seq_len"]
-    return {
-        "length": length,
-        "batch": used["train"]["batch_size"],
-        "first": used["train"]["batch_size"] * length / float(read[0][0]["bytes_per_s"]),
-        "loss": float(read[0][0]["loss"]),
-        "seconds": [used["train"]["batch_size"] * length / s for s in steps],
-        "bytes_per_s": max(steps),
-        "median_bytes_per_s": sorted(steps)[len(steps) // 2],
-        "compression": ratio,
-        "flops_per_byte": training_flops_per_byte(model, length, ratio),
-        "peak_bytes": usage.ru_maxrss * 1024,
-        "bpb": float(read[1][-1]["val_bpb"]),
-        "params": None,
-    }
+    return {"length": length, "batch": batch, "first": batch * length / float(read[0][0]["bytes_per_s"]),
+            "loss": float(read[0][0]["loss"]), "seconds": [batch * length / s for s in steps],
+            "bytes_per_s": max(steps), "median_bytes_per_s": statistics.median(steps), "compression": ratio,
+            "flops_per_byte": training_flops_per_byte(model, length, ratio), "peak_bytes": usage.ru_maxrss * 1024,
+            "bpb": float(read[1][-1]["val_bpb"])}  # fmt: skip
 
 
 def measure_row(what, setting: dict, tree: Path, length: int | None, args, peaks: dict, profile: bool) -> dict:
@@ -210,11 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     rows, profiles, peaks = [], {}, {}
     with trees(args.commit) as checkouts:
         for (name, what), setting in itertools.product(models(args), settings):
-            for rev, tree, length in (
-                [(rev, tree, None) for rev, tree in checkouts]
-                if isinstance(what, Path)
-                else [("", common.ROOT, n) for n in args.lengths]
-            ):
+            yaml_cases, json_cases = [(r, t, None) for r, t in checkouts], [("", common.ROOT, n) for n in args.lengths]
+            for rev, tree, length in yaml_cases if isinstance(what, Path) else json_cases:
                 row = {"model": name, "commit": rev, "length": length, **setting}
                 profile = args.profile and name not in profiles
                 try:
@@ -234,7 +223,10 @@ def report(args, run: common.Run, rows: list[dict], rates: dict, profiles: dict)
             described.append(f"`{name}`: the trainer on `{common.shown(what)}`")
         else:
             window = f", window {what.attn_cfg.window_size}" * (what.num_stages == 1)
+            sizes = [r["params"] for r in rows if r["model"] == name and r.get("params")]
+            size = f", {sizes[0] / 1e6:.1f}M parameters" if sizes else ""
             described.append(f"`{name}`: {what.arch_layout}{window}, widths {what.d_model}, d_ff {what.d_intermediate}")
+            described[-1] += size
     lines = run.header(
         f"Training throughput, peak memory and MFU ({args.device})",
         "Models: " + "; ".join(described),

@@ -36,8 +36,9 @@ def test_model_rows_against_the_isotropic_baseline(tmp_path):
     assert hnet[1] == iso[1] == "64 x 1" and number(hnet[6]) > 0 and number(iso[6]) > 0
     assert iso[8] == "1.00x" and number(hnet[8]) == pytest.approx(number(hnet[6]) / number(iso[6]), abs=0.006)
     assert number(hnet[9]) > 0 and iso[10] == "1.00"
-    # realised bytes per chunk of each stage: near the calibration's target (AdamW steps move the routers a little)
-    assert all(1.8 <= float(c) <= 2.6 for c in hnet[11].split(" / ")), hnet[11]
+    # realised bytes per chunk of each stage: the calibration's target (AdamW runs with lr 0, so the routers stay), up
+    # to the few boundaries that flip together on 64 bytes
+    assert all(1.9 <= float(c) <= 2.3 for c in hnet[11].split(" / ")), hnet[11]
 
 
 def test_trainer_rows_in_both_precisions(tmp_path, corpus):  # noqa: F811
