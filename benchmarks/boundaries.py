@@ -18,6 +18,7 @@ import torch
 from benchmarks import common
 from dynamic_chunker import HNetConfig
 from dynamic_chunker.evaluation.calibration import calibrate_routing
+from dynamic_chunker.evaluation.compression import positions_per_chunk
 from dynamic_chunker.evaluation.flops import boundary_flops_per_byte, default_compression
 
 
@@ -40,7 +41,7 @@ def measure(model, batches, passes: int) -> dict:
         out[f"{name}_times"] = [common.timed(one_pass)[0] for _ in range(passes)]
         out[f"{name}_mb_s"] = total / min(out[f"{name}_times"]) / 1e6
     counts = torch.tensor([common.chunk_counts(model.boundaries(i, document_ids=d)) for i, d in batches])
-    out["compression"] = common.compression(total, counts.sum(dim=0).tolist())
+    out["compression"] = positions_per_chunk(total, counts.sum(dim=0).tolist())
     return out
 
 

@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     lines = run.header(
         "chunk_text speed (CPU): the bundled model against semchunk and the embedding of the same chunks",
         f"Model: bundled `hnet_chunker_small`, layout {config.arch_layout}, widths {config.d_model}; chunk_text with "
-        f"chunk_size 512 characters, window {DEFAULT_WINDOW} + {DEFAULT_CONTEXT} bytes of context, batch 8, float32; "
-        "semchunk at the size giving the same mean chunk length; embedding: all-MiniLM-L6-v2 (sentence-transformers, "
-        f"batch 64) of chunk_text's chunks. MB/s = 10^6 bytes of text per second, best of {args.passes} passes "
-        "(embedding: one pass).",
+        f"chunk_size 512 characters, window {DEFAULT_WINDOW} + {DEFAULT_CONTEXT} bytes of context, batch "
+        f"{chunker.batch_size}, float32; semchunk at the size giving the same mean chunk length; embedding: "
+        "all-MiniLM-L6-v2 (sentence-transformers, batch 64) of chunk_text's chunks. MB/s = 10^6 bytes of text per "
+        f"second, best of {args.passes} passes (embedding: one pass).",
     )
     lines += [
         "| text | MB | chunks | chunk_text mean chars | chunk_text MB/s | semchunk mean chars | semchunk MB/s "

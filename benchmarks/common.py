@@ -24,6 +24,7 @@ import torch
 from dynamic_chunker import HNetForCausalLM
 from dynamic_chunker.config import BOS
 from dynamic_chunker.evaluation.calibration import calibrate_routing
+from dynamic_chunker.evaluation.compression import positions_per_chunk
 from dynamic_chunker.evaluation.flops import training_flops_per_byte
 from dynamic_chunker.evaluation.report import machine
 from dynamic_chunker.files import atomic_write
@@ -109,12 +110,6 @@ def chunk_counts(output) -> list[int]:
     return [int(r.boundary_mask.sum()) for r in output.routing]
 
 
-def compression(length: float, counts: list[float]) -> list[float]:
-    """Positions per chunk of each stage from the chunk counts of ``length`` bytes."""
-    positions = [length, *counts]
-    return [positions[s] / positions[s + 1] for s in range(len(counts))]
-
-
 def time_training(model, windows: list[torch.Tensor], targets: list[float], warmup: int, steps: int, bf16: bool,
                   after_warmup=None) -> dict:  # fmt: skip
     """Training steps (AdamW over the stage parameter groups with lr 0: the same arithmetic as any lr, while the
@@ -135,7 +130,7 @@ def time_training(model, windows: list[torch.Tensor], targets: list[float], warm
         after_warmup()
     runs = [timed(lambda i=i: chunk_counts(step(i).output), device) for i in range(warmup, warmup + steps)]
     times, counts = [t for t, _ in runs], np.mean([c for _, c in runs], axis=0).tolist()
-    ratio = compression(batch * length, counts)
+    ratio = positions_per_chunk(batch * length, counts)
     return {"first": first, "loss": losses.total().item(), "seconds": times, "bytes_per_s": batch * length / min(times),
             "median_bytes_per_s": batch * length / statistics.median(times), "compression": ratio,
             "flops_per_byte": training_flops_per_byte(model.config, length, ratio)}  # fmt: skip
