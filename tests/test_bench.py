@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dynamic_chunker.bench import Suite, _train_config, plan
+from dynamic_chunker.bench import Suite, _robustness_cells, _train_config, plan
 from dynamic_chunker.cli import main
 from dynamic_chunker.training.logs import read_csv
 
@@ -137,3 +137,10 @@ def test_suite_errors(tmp_path):
     with pytest.raises(ValueError, match="reference 'b' is not one of the model ids"):
         Suite.load(write(tmp_path / "s.yaml", {**bad, "budget": {"bytes": 1, "seq_len": 1, "batch_size": 1},
                                                "reference": "b"}))
+
+
+def test_robustness_cells_give_accuracies_and_a_score_only_above_chance():
+    clean_at_chance = {"clean": {"acc_norm": 0.255, "items": 200}, "drop": {"acc_norm": 0.23, "robustness": -400.0}}
+    assert _robustness_cells(clean_at_chance) == {"clean": "0.2550", "drop": "0.2300 (n/a)"}
+    above = {"clean": {"acc_norm": 0.45, "items": 200}, "drop": {"acc_norm": 0.35, "robustness": 50.0}}
+    assert _robustness_cells(above) == {"clean": "0.4500", "drop": "0.3500 (50)"}

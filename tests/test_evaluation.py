@@ -16,7 +16,7 @@ from dynamic_chunker.evaluation.boundaries import BoundaryScore
 from dynamic_chunker.evaluation.loglik import Loglik
 from dynamic_chunker.evaluation.perturb import PERTURBATIONS, perturb
 from dynamic_chunker.evaluation.report import write_report
-from dynamic_chunker.evaluation.robustness import perturbed_task, robustness_score
+from dynamic_chunker.evaluation.robustness import above_chance, perturbed_task, robustness_score
 from dynamic_chunker.evaluation.tasks import TASKS, Item, Task, load_task, score
 
 ONE_STAGE = {
@@ -356,7 +356,11 @@ def test_perturbed_task_is_seeded_per_item_and_keeps_golds():
 def test_robustness_score():
     assert robustness_score(0.5, 0.75) == 50.0
     assert robustness_score(0.25, 0.6) == 0.0 and robustness_score(0.6, 0.6) == 100.0
-    assert math.isnan(robustness_score(0.3, 0.25))
+    assert robustness_score(0.3, 0.25) is None and robustness_score(0.2, 0.24) is None
+    # 200 items: two standard errors of chance are 0.061, so a clean 0.30 is noise and 0.32 is not
+    assert robustness_score(0.2, 0.30, items=200) is None
+    assert robustness_score(0.285, 0.32, items=200) == pytest.approx(50.0)
+    assert above_chance(0.32, 200) and not above_chance(0.30, 200) and not above_chance(0.9, 0)
 
 
 def test_boundary_f1_on_a_constructed_example():

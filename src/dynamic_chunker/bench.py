@@ -336,19 +336,34 @@ def write_results(suite: Suite, results: dict[str, dict], suite_path: Path) -> P
         from .evaluation.report import markdown_table
 
         lines += ["", "## Zero-shot (acc_norm where defined, else acc)", "", markdown_table(tasks, "model")]
-    robust = {
-        r["name"]: {k: (v["acc_norm"] if k == "clean" else v["robustness"]) for k, v in r["robustness"].items()}
-        for r in results.values()
-        if r["robustness"]
-    }
+    robust = {r["name"]: _robustness_cells(r["robustness"]) for r in results.values() if r["robustness"]}
     if robust:
         from .evaluation.report import markdown_table
 
-        lines += ["", "## Noised HellaSwag (clean acc_norm; robustness score per perturbation)", ""]
-        lines.append(markdown_table(robust, "model"))
+        lines += [
+            "",
+            "## Noised HellaSwag (acc_norm; in brackets the robustness score, n/a where the clean accuracy is not",
+            "above chance by two standard errors)",
+            "",
+            markdown_table(robust, "model"),
+        ]
     path = atomic_write(out / f"{suite.name}.md", "\n".join(lines) + "\n")
     _plot(suite, results, out)
     return path
+
+
+def _robustness_cells(rows: dict[str, dict]) -> dict[str, str]:
+    """{perturbation: "acc_norm (score)"} for the suite table, the score recomputed from the accuracies (results
+    written by older versions stored scores against a clean accuracy at chance)."""
+    from .evaluation.robustness import METRIC, robustness_score
+
+    clean = rows["clean"]
+    cells = {"clean": f"{clean[METRIC]:.4f}"}
+    for name, row in rows.items():
+        if name != "clean":
+            score = robustness_score(row[METRIC], clean[METRIC], clean.get("items"))
+            cells[name] = f"{row[METRIC]:.4f} ({'n/a' if score is None else f'{score:.0f}'})"
+    return cells
 
 
 def _plot(suite: Suite, results: dict[str, dict], out: Path) -> None:
@@ -377,5 +392,5 @@ def _plot(suite: Suite, results: dict[str, dict], out: Path) -> None:
             a.legend(fontsize=8)
         a.grid(alpha=0.3)
         f.tight_layout()
-        f.savefig(out / f"{suite.name}_{name}.png", dpi=110)
+        atomic_write(out / f"{suite.name}_{name}.png", lambda file, f=f: f.savefig(file, format="png", dpi=110))
         plt.close(f)

@@ -9,6 +9,8 @@ import os
 import platform
 from pathlib import Path
 
+from ..files import atomic_write
+
 
 def machine(device: str = "cpu") -> str:
     """The machine in one line, for reports: CPUs and their model, the GPU of a CUDA device, torch and its threads."""
@@ -44,11 +46,8 @@ def _cell(value) -> str:
 def write_report(out_dir: str | Path, name: str, title: str, sections: dict[str, dict[str, dict]], meta: dict) -> Path:
     """Write ``out_dir/NAME.json`` ({"meta", "results"}) and ``out_dir/NAME.md``; returns the markdown path."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps({"meta": meta, "results": sections}, indent=2) + "\n")
+    atomic_write(out_dir / f"{name}.json", json.dumps({"meta": meta, "results": sections}, indent=2) + "\n")
     parts = [f"# {title}", "", *(f"- {k}: {v}" for k, v in meta.items()), ""]
     for section, rows in sections.items():
         parts += [f"## {section}", "", markdown_table(rows), ""]
-    path = out_dir / f"{name}.md"
-    path.write_text("\n".join(parts))
-    return path
+    return atomic_write(out_dir / f"{name}.md", "\n".join(parts))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..files import atomic_write
 from .chunkers import BASELINES, calibrate
 from .report import machine
 from .retrieval import METRICS, VARIANTS, ChunkerResult, Scores, evaluate_chunkers, load_corpus, paired_difference
@@ -143,11 +144,10 @@ def write_outputs(
     for earlier in compared:
         merge_results(shown, earlier)
     shown["meta"]["merged"] = [earlier["meta"] for earlier in compared]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(out.with_name(out.name + ".json.gz"), "wt", encoding="utf-8") as file:
-        json.dump(shown, file)  # with the compared runs merged in: one self-contained file to compare against later
+    # with the compared runs merged in: one self-contained file to compare against later
+    atomic_write(out.with_name(out.name + ".json.gz"), gzip.compress(json.dumps(shown).encode("utf-8"), mtime=0))
     text = markdown(shown)
-    out.with_name(out.name + ".md").write_text(text, encoding="utf-8")
+    atomic_write(out.with_name(out.name + ".md"), text)
     plot(shown, out.with_name(out.name + ".png"))
     return text
 
@@ -314,5 +314,5 @@ def plot(report: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda file: fig.savefig(file, format="png", dpi=120))
     plt.close(fig)

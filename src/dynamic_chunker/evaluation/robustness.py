@@ -1,6 +1,8 @@
 """Robustness to character noise (the BLT paper's noised HellaSwag, also reported by H-Net): accuracy on HellaSwag
 with every context and ending perturbed, and the robustness score 100 * (perturbed - 0.25) / (clean - 0.25)
-(0.25 = chance with four endings): 100 = no loss, 0 = down to chance."""
+(0.25 = chance with four endings): 100 = no loss, 0 = down to chance. The score is only defined when the clean
+accuracy is clearly above chance: otherwise its denominator is sampling noise (a clean 0.255 on 200 items turns a
+perturbed 0.23 into -400), so it is reported as missing and the raw accuracies speak instead."""
 
 from __future__ import annotations
 
@@ -30,8 +32,17 @@ def perturbed_task(task: Task, name: str, seed: int = 0) -> Task:
     return dataclasses.replace(task, name=f"{task.name}_{name}", items=items)
 
 
-def robustness_score(perturbed: float, clean: float) -> float:
-    return 100 * (perturbed - CHANCE) / (clean - CHANCE) if clean != CHANCE else math.nan
+def above_chance(accuracy: float, items: int) -> bool:
+    """Whether ``accuracy`` over ``items`` questions is above chance by more than two binomial standard errors."""
+    return items > 0 and accuracy - CHANCE > 2 * math.sqrt(CHANCE * (1 - CHANCE) / items)
+
+
+def robustness_score(perturbed: float, clean: float, items: int | None = None) -> float | None:
+    """100 * (perturbed - chance) / (clean - chance); None when ``clean`` is not above chance (beyond two standard
+    errors of ``items`` questions when given, else at all)."""
+    if clean <= CHANCE or (items is not None and not above_chance(clean, items)):
+        return None
+    return 100 * (perturbed - CHANCE) / (clean - CHANCE)
 
 
 def evaluate_robustness(
@@ -43,11 +54,12 @@ def evaluate_robustness(
     max_length: int | None = None,
     progress: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """HellaSwag clean and under each perturbation: acc, acc_norm and (perturbed rows) the robustness score."""
+    """HellaSwag clean and under each perturbation: acc, acc_norm and (perturbed rows) the robustness score, None
+    where the clean accuracy is not clearly above chance."""
     clean_task = load_task("hellaswag", limit)
     results = {"clean": evaluate(lm, clean_task, batch_size, max_length, progress)}
     for name in perturbations or list(PERTURBATIONS):
         row = evaluate(lm, perturbed_task(clean_task, name, seed), batch_size, max_length, progress)
-        row["robustness"] = robustness_score(row[METRIC], results["clean"][METRIC])
+        row["robustness"] = robustness_score(row[METRIC], results["clean"][METRIC], results["clean"]["items"])
         results[name] = row
     return results

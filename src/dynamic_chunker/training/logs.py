@@ -110,7 +110,7 @@ def plot_curves(out_dir: Path) -> Path | None:
             ax_enrich.plot([r["step"] for r in evals], values, "--", label=f"enrichment {key.rsplit('_', 1)[1]}")
     ax_route.set(xlabel="step", ylabel="precision of chunk starts", title="validation routing (stage suffix)")
     ax_enrich.set_ylabel("surprisal at starts / elsewhere")
-    if evals:
+    if ax_enrich.get_legend_handles_labels()[0]:  # no routing columns for an isotropic model
         ax_enrich.legend(fontsize=7, loc="lower right")
     ax_lr.plot(steps, [r["lr"] for r in train])
     ax_lr.set(xlabel="step", ylabel="learning rate (multiplier 1)", title="schedule")
