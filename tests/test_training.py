@@ -438,6 +438,12 @@ def test_resume_refuses_missing_checkpoint_changed_recipe_and_overwriting(tmp_pa
         tiny_config(corpus, tmp_path / "run", train={"steps": 2}, eval={"every": 1}, checkpoint={"every": 1})
     )
     assert train(control, resume=True, progress=False).step == 2
+    # a checkpoint written before a config key existed (here warm_start) resumes when the key is at its default
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    del state["config"]["warm_start"]
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "format"})
+    assert train(control, resume=True, progress=False).step == 2
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from ..files import atomic_write
 from ..model import HNetForCausalLM
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig
+from .config import TrainConfig, config_from_dict
 from .interrupt import StopRequest
 from .logs import RunLog, plot_curves
 from .objective import IGNORE, compute_losses, split_batch, warm_start_loss, warm_start_weight
@@ -561,8 +561,11 @@ def _compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def _check_resumable(config: TrainConfig, model_config: dict, checkpoint: dict) -> None:
-    """The recipe (model, data, loss, optimizer, schedule, batch) must be the checkpoint's; run control may change."""
+    """The recipe (model, data, loss, optimizer, schedule, batch) must be the checkpoint's; run control may change.
+    A key that did not exist when the checkpoint was written compares as its default (what that run trained with)."""
     old, new = _flatten(checkpoint["config"]), _flatten(config.to_dict())
+    with contextlib.suppress(TypeError, ValueError, OSError):  # an unreadable old config is compared as it is
+        old = _flatten(config_from_dict(checkpoint["config"]).to_dict())
     old.pop("model")
     new.pop("model")
     changed = [
