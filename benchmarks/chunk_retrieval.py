@@ -5,8 +5,8 @@
 1. The bundled model's boundary signals of every article are computed once (`HNetChunker.signals`); every setting below
    cuts from them (`HNetChunker.cut`), so the MB/s column here is the cutter alone (``benchmarks.chunk_speed`` times
    the whole of chunk_text).
-2. For each target mean length, `chunk_size` is calibrated so the mean chunk length is within 2% of the target (the
-   baselines' means are within 2% of theirs, so within 5% of each baseline's).
+2. For each target mean length, `chunk_size` is calibrated as the baselines' parameters are
+   (`evaluation.chunkers.calibrate`: within 1% of the target where the search gets there, else the nearest mean found).
 3. A cheap screen without embeddings picks the cutter's settings: for each (layout_weight, min_fraction) the share of
    questions whose answer is cut in two (lower is better), at every size and variant.
 4. The chosen setting and the ablation (`model_weight=0`: layout scores only, same cutter) are scored with MiniLM
@@ -17,16 +17,15 @@ Writes ``benchmarks/results/chunk_retrieval{.md,.png,.json.gz,_screen.md,_paired
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import common
-from dynamic_chunker.evaluation.retrieval import evaluate_chunkers, load_corpus, paired_difference
-from dynamic_chunker.evaluation.retrieval_benchmark import scores_of, variant_record, write_outputs
+from dynamic_chunker.evaluation.chunkers import calibrate
+from dynamic_chunker.evaluation.retrieval import answers_cut, evaluate_chunkers, load_corpus
+from dynamic_chunker.evaluation.retrieval_benchmark import paired_table, read_results, variant_record, write_outputs
 from dynamic_chunker.segmentation import HNetChunker
 
 BASELINES = common.RESULTS / "retrieval_squad.json.gz"
@@ -43,60 +42,9 @@ class CachedCut:
         return [(c.start_index, c.end_index) for c in self.chunker.cut(text, self.signals[text])]
 
 
-def spans_for(documents, signals, model, size, **options) -> list[list[tuple[int, int]]]:
-    cut = CachedCut(HNetChunker(model, size, **options), signals)
-    return [cut(d) for d in documents]
-
-
-def calibrate(documents, signals, model, target: float, **options) -> tuple[int, float]:
-    """The chunk_size whose mean chunk length is nearest ``target`` (bisection; the mean grows with the size)."""
-    lo, hi, best = 8, int(target * 4), None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        spans = spans_for(documents, signals, model, mid, **options)
-        mean = float(np.mean([e - s for doc in spans for s, e in doc]))
-        if best is None or abs(mean - target) < abs(best[1] - target):
-            best = (mid, mean)
-        lo, hi = (mid + 1, hi) if mean < target else (lo, mid - 1)
-    return best
-
-
-def split_answers(corpus, spans) -> float:
-    """Share of questions whose evidence answer crosses a chunk boundary."""
-    ends = [np.array([e for _, e in doc]) for doc in spans]
-    split = [bool(((ends[q.document] > q.answers[0][0]) & (ends[q.document] < q.answers[0][1])).any())
-             for q in corpus.questions]  # fmt: skip
-    return float(np.mean(split))
-
-
-def paired_table(path: Path) -> str:
-    """chunk_text against the best baseline (by IoU@5) at the same target and against its layout-only ablation:
-    paired differences at k = 5 in percentage points +- paired standard error."""
-    with gzip.open(path, "rt", encoding="utf-8") as file:
-        report = json.load(file)
-    lines = ["| variant | target | chunk_text vs | mean chars (ours / theirs) | Δ recall@5 | Δ IoU@5 | Δ hit@5 |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for variant, record in report["variants"].items():
-        chunkers = record["chunkers"]
-        for name, entry in chunkers.items():
-            if entry.get("chunker") != "chunk_text":
-                continue
-            target = entry["target"]
-            rivals = [n for n, e in chunkers.items() if e.get("target") == target and not n.startswith("chunk_text")
-                      and e.get("chunker") != "fixed-size"]  # fmt: skip
-            best = max(rivals, key=lambda n: chunkers[n]["metrics"]["5"]["iou"]["mean"], default=None)
-            ablation = f"chunk_text-layout-only@{target}"
-            for other in [best, ablation]:
-                if other is None or other not in chunkers:
-                    continue
-                ours, theirs = scores_of(record, name, 5), scores_of(record, other, 5)
-                cells = []
-                for metric, digits in (("recall", 1), ("iou", 2), ("hit", 1)):
-                    d = paired_difference(ours, theirs, metric)
-                    cells.append(f"{d['mean'] * 100:+.{digits}f} ± {d['se'] * 100:.{digits}f}")
-                means = f"{entry['chunks']['mean']:.0f} / {chunkers[other]['chunks']['mean']:.0f}"
-                lines.append(f"| {variant} | {target} | {other} | {means} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def cutter(model, signals: dict[str, np.ndarray], **options):
+    """chunk_size -> a :class:`CachedCut` with ``options``: the factory that ``calibrate`` searches over."""
+    return lambda size: CachedCut(HNetChunker(model, size, **options), signals)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,7 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", help="embedding cache (default: the benchmark's)")
     parser.add_argument("--screen-only", action="store_true", help="stop after the settings screen")
     parser.add_argument("--paired-only", action="store_true", help="only write the paired table of an earlier run")
+    parser.add_argument("--articles", type=int, help="use only the first N articles (a quick check; not comparable "
+                        "with the stored baselines, so with --screen-only)")  # fmt: skip
     args = common.parse(parser, argv)
+    if args.articles and not args.screen_only:
+        parser.error("--articles goes with --screen-only: the stored baselines were scored on every article")
     run = common.Run("chunk_retrieval", argv)
     if args.paired_only:
         write_paired(args.output, run)
@@ -118,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     model = HNetChunker(args.model).model
     corpora, signals = {}, {}
     for variant in variants:
-        corpus = corpora[variant] = load_corpus(None, variant)
+        corpus = load_corpus(None, variant)
+        corpus = corpora[variant] = corpus.head(args.articles) if args.articles else corpus
         seconds, signals[variant] = common.timed(
             lambda c=corpus: {d: HNetChunker(model).signals(d.encode("utf-8")) for d in c.documents}
         )
@@ -134,11 +87,10 @@ def main(argv: list[str] | None = None) -> None:
         options["min_fraction"] = mf
         rates = []
         for variant in variants:
-            corpus = corpora[variant]
+            corpus, factory = corpora[variant], cutter(model, signals[variant], **options)
             for size in screen_sizes:
-                param, _ = calibrate(corpus.documents, signals[variant], model, size, **options)
-                rates.append(split_answers(corpus, spans_for(corpus.documents, signals[variant], model, param,
-                                                             **options)))  # fmt: skip
+                cut = factory(calibrate(factory, corpus.documents, size)[0])
+                rates.append(answers_cut(corpus.questions, [cut(d) for d in corpus.documents]))
         screen[(lw, mf)] = float(np.mean(rates))
         cells = " | ".join(f"{r * 100:.1f}" for r in rates)
         lines.append(f"| {lw} | {mf} | {cells} | {screen[(lw, mf)] * 100:.2f} |")
@@ -156,8 +108,7 @@ def main(argv: list[str] | None = None) -> None:
 
     embedder = CachedEmbedder("sentence-transformers/all-MiniLM-L6-v2", args.cache_dir or DEFAULT_CACHE, 64, "cpu",
                               args.threads)  # fmt: skip
-    with gzip.open(BASELINES, "rt", encoding="utf-8") as file:
-        baselines = json.load(file)
+    baselines = read_results(BASELINES)
     report = {"model": embedder.model_id, "k": [1, 5, 10], "variants": {}}
     runs = [
         ("chunk_text", {"layout_weight": best_lw, "min_fraction": best_mf}),
@@ -165,11 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     ]
     results = {v: {} for v in variants}
     for size, (name, options), variant in itertools.product(sizes, runs, variants):
-        corpus = corpora[variant]
-        param, mean = calibrate(corpus.documents, signals[variant], model, size, **options)
+        corpus, factory = corpora[variant], cutter(model, signals[variant], **options)
+        param, mean = calibrate(factory, corpus.documents, size)
         key = f"{name}@{size}"
         info = {key: {"chunker": name, "target": size, "param": param, **options}}
-        cut = CachedCut(HNetChunker(model, param, **options), signals[variant])
+        cut = factory(param)
         print(f"{variant}: scoring {key} (chunk_size {param}, mean {mean:.1f})", flush=True)
         results[variant].update(evaluate_chunkers(corpus, {key: cut}, embedder, (1, 5, 10), 1, info))
         report["variants"][variant] = variant_record(corpus, results[variant], {})
@@ -185,7 +136,7 @@ def write_paired(out: Path, run: common.Run) -> None:
         "(positive: chunk_text better). The best baseline is the one with the highest IoU@5 at that target "
         f"(fixed-size left out). From `{out.name}.json.gz`.",
     )
-    table = paired_table(out.with_name(out.name + ".json.gz"))
+    table = paired_table(read_results(out.with_name(out.name + ".json.gz")), "chunk_text", "chunk_text-layout-only")
     common.write_report([*header, table], out.with_name(out.name + "_paired.md"))
 
 

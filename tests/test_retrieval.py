@@ -12,6 +12,7 @@ from dynamic_chunker.evaluation.retrieval import (
     Chunks,
     Corpus,
     Question,
+    answers_cut,
     load_corpus,
     paired_difference,
     score_retrieval,
@@ -181,6 +182,45 @@ def test_evaluate_chunkers_end_to_end():
     assert sentences.scores[1].metric("precision").tolist() == pytest.approx([3 / 23, 7 / 26])
     assert nothing.chunk_stats["count"] == 0 and nothing.scores[2].metric("recall").tolist() == [0.0, 0.0]
     assert set(whole.summary()["metrics"]["2"]) == {"recall", "precision", "iou", "hit"}
+
+
+def test_head_keeps_the_first_articles_and_their_questions():
+    corpus = small_corpus()
+    head = corpus.head(1)
+    assert head.documents == corpus.documents[:1] and head.titles == ["a"]
+    assert [q.id for q in head.questions] == ["0"] and len(corpus.questions) == 2  # the original is left as it was
+
+
+def test_answers_cut_counts_answers_that_cross_a_chunk_end():
+    corpus = small_corpus()  # answers: "mat" at 19..22 of document 0, "sharply" at 12..19 of document 1
+    whole = [[(0, len(d))] for d in corpus.documents]
+    assert answers_cut(corpus.questions, whole) == 0.0
+    inside_mat = [[(0, 20), (20, 41)], [(0, 12), (12, 51)]]  # cuts "mat"; ends exactly where "sharply" starts
+    assert answers_cut(corpus.questions, inside_mat) == 0.5
+    at_ends = [[(0, 22), (22, 41)], [(0, 19), (19, 51)]]  # a chunk ending where the answer ends does not cut it
+    assert answers_cut(corpus.questions, at_ends) == 0.0
+
+
+def test_paired_table_against_the_best_baseline_and_the_ablation():
+    from dynamic_chunker.evaluation.retrieval import evaluate_chunkers
+    from dynamic_chunker.evaluation.retrieval_benchmark import cell, paired_table, scores_of, variant_record
+
+    corpus = small_corpus()
+    whole = lambda text: [text]  # noqa: E731
+    sentences = lambda text: [(0, text.index(".") + 1), (text.index(".") + 2, len(text))]  # noqa: E731
+    nothing = lambda text: []  # noqa: E731
+    chunkers = {"mine@10": sentences, "semchunk@10": whole, "chonkie-sentence@10": nothing,
+                "fixed-size@10": sentences, "mine-ablation@10": nothing}  # fmt: skip
+    info = {name: {"chunker": name.split("@")[0], "target": 10} for name in chunkers}
+    results = evaluate_chunkers(corpus, chunkers, WordEmbedder(), ks=(1,), throughput_runs=1, info=info)
+    record = variant_record(corpus, results, {})
+    lines = paired_table({"variants": {"flat": record}}, "mine", "mine-ablation", k=1).splitlines()
+    assert lines[0].startswith("| variant | target | mine vs |") and len(lines) == 4
+    # semchunk has the higher IoU of the two baselines; fixed-size (the same chunks as mine) is never the rival
+    assert [line.split(" | ")[2] for line in lines[2:]] == ["semchunk@10", "mine-ablation@10"]
+    ours, theirs = scores_of(record, "mine@10", 1), scores_of(record, "semchunk@10", 1)
+    expected = [cell(paired_difference(ours, theirs, m), m, "+") for m in ("recall", "iou", "hit")]
+    assert lines[2].endswith(" | ".join(expected) + " |") and expected[0].startswith(("+", "-"))
 
 
 def test_calibrate_hits_the_target_mean():

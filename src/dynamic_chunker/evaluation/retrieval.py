@@ -30,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -62,6 +62,11 @@ class Corpus:
     variant: str
     source: str  # the data file
     sha256: str  # of the data file's decompressed JSON
+
+    def head(self, articles: int) -> Corpus:
+        """The first ``articles`` documents and their questions (a quick check on a subset)."""
+        return replace(self, titles=self.titles[:articles], documents=self.documents[:articles],
+                       questions=[q for q in self.questions if q.document < articles])  # fmt: skip
 
 
 def load_corpus(path: str | Path | None = None, variant: str = "paragraphs") -> Corpus:
@@ -145,6 +150,14 @@ def to_spans(text: str, output: Sequence[str] | Sequence[tuple[int, int]]) -> Sp
         if end > start:
             spans.append((start, end))
     return spans
+
+
+def answers_cut(questions: Sequence[Question], spans: Sequence[Spans]) -> float:
+    """Share of ``questions`` whose evidence answer crosses a chunk boundary; ``spans``: each document's chunks. A
+    cheap screen of where a chunker cuts, with no embeddings."""
+    ends = [np.array([end for _, end in document]) for document in spans]
+    start_end = [(ends[q.document], *q.answers[0]) for q in questions]
+    return float(np.mean([bool(((e > start) & (e < end)).any()) for e, start, end in start_end]))
 
 
 @dataclass

@@ -94,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
     for variant in variants:
         corpus = load_corpus(args.data, variant)
         if args.articles:
-            keep = set(range(args.articles))
-            corpus.documents, corpus.titles = corpus.documents[: args.articles], corpus.titles[: args.articles]
-            corpus.questions = [q for q in corpus.questions if q.document in keep]
+            corpus = corpus.head(args.articles)
         chunkers, info = {}, {}
         for name in names:
             factory, package = BASELINES[name]
@@ -212,10 +210,35 @@ def reference_for(record: dict, name: str) -> str | None:
 DIGITS = {"recall": 1, "precision": 2, "iou": 2, "hit": 1}  # answers are short: precision and IoU are small
 
 
-def cell(summary: dict, metric: str) -> str:
-    """Mean ± standard error in percent."""
+def cell(summary: dict, metric: str, sign: str = "") -> str:
+    """Mean ± standard error in percent (``sign="+"``: the mean with its sign, for differences)."""
     d = DIGITS[metric]
-    return f"{summary['mean'] * 100:.{d}f} ± {summary['se'] * 100:.{d}f}"
+    return f"{summary['mean'] * 100:{sign}.{d}f} ± {summary['se'] * 100:.{d}f}"
+
+
+def paired_table(report: dict, chunker: str, ablation: str | None = None, k: int = 5) -> str:
+    """Every configuration of ``chunker`` against the best baseline at its target (highest IoU@k; fixed-size left
+    out) and against ``ablation`` at that target, if the report has it: paired differences at k in percentage
+    points ± paired standard error, over every variant of ``report`` (a results .json.gz, baselines merged in)."""
+    lines = [f"| variant | target | {chunker} vs | mean chars (ours / theirs) | Δ recall@{k} | Δ IoU@{k} | Δ hit@{k} |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for variant, record in report["variants"].items():
+        entries = record["chunkers"]
+        for name, entry in entries.items():
+            if entry.get("chunker") != chunker:
+                continue
+            target = entry["target"]
+            rivals = [n for n, e in entries.items() if e.get("target") == target
+                      and e.get("chunker") in BASELINES and e.get("chunker") != REFERENCE]  # fmt: skip
+            best = max(rivals, key=lambda n: entries[n]["metrics"][str(k)]["iou"]["mean"], default=None)
+            for other in [best, ablation and f"{ablation}@{target}"]:
+                if other not in entries:
+                    continue
+                ours, theirs = scores_of(record, name, k), scores_of(record, other, k)
+                cells = [cell(paired_difference(ours, theirs, m), m, "+") for m in ("recall", "iou", "hit")]
+                means = f"{entry['chunks']['mean']:.0f} / {entries[other]['chunks']['mean']:.0f}"
+                lines.append(f"| {variant} | {target} | {other} | {means} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown(report: dict) -> str:
