@@ -11,12 +11,35 @@ twice as long (share of positions where they agree). Needs ``pip install -e ".[r
 
 from __future__ import annotations
 
+import sysconfig
+from pathlib import Path
+
 import numpy as np
 
 from benchmarks import common
+from dynamic_chunker.config import BOS
 from dynamic_chunker.evaluation.chunkers import calibrate, semchunk_chars
 from dynamic_chunker.evaluation.embeddings import model_source
 from dynamic_chunker.segmentation import DEFAULT_CONTEXT, DEFAULT_WINDOW, HNetChunker, boundary_signals
+
+
+def english_text(size: int) -> str:
+    """``size`` bytes of the English corpus (validation split, then training split), documents joined by newlines."""
+    data = (common.ENGLISH / "val.bin").read_bytes()[:size]
+    if len(data) < size:
+        with open(common.ENGLISH / "train.bin", "rb") as file:
+            data += file.read(size - len(data))
+    return data.replace(bytes([BOS]), b"\n").decode("utf-8", "ignore")
+
+
+def python_text(size: int) -> str:
+    """``size`` bytes of Python source: the standard library of the running Python, file by file."""
+    data = b""
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        data += path.read_bytes()
+        if len(data) >= size:
+            break
+    return data[:size].decode("utf-8", "ignore")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     chunker = HNetChunker(chunk_size=512)
     embedder = SentenceTransformer(model_source("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
     rows = []
-    for name, text in (("English", common.english_text(size)), ("Python source", common.python_text(size))):
+    for name, text in (("English", english_text(size)), ("Python source", python_text(size))):
         mb = len(text.encode()) / 1e6
         seconds, chunks = common.best_of(args.passes, lambda t=text: chunker.chunk(t))
         mean = float(np.mean([len(c.text) for c in chunks]))
@@ -43,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         print(rows[-1], flush=True)
     agreement = ""
     if args.agreement_megabytes > 0:
-        data = common.english_text(int(args.agreement_megabytes * 1e6)).encode()
+        data = english_text(int(args.agreement_megabytes * 1e6)).encode()
         short, long = (boundary_signals(chunker.model, data, window=w, overlap=DEFAULT_CONTEXT) > 0.5
                        for w in (DEFAULT_WINDOW, 2 * DEFAULT_WINDOW))  # fmt: skip
         stages = ", ".join(f"stage {s}: {x:.3%}" for s, x in enumerate((short == long).mean(axis=1)))

@@ -7,14 +7,10 @@ library. Every table says the command that makes it, the machine and the load ar
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
-import statistics
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -24,12 +20,9 @@ import torch
 from dynamic_chunker import HNetForCausalLM
 from dynamic_chunker.config import BOS
 from dynamic_chunker.evaluation.calibration import calibrate_routing
-from dynamic_chunker.evaluation.compression import positions_per_chunk
-from dynamic_chunker.evaluation.flops import training_flops_per_byte
-from dynamic_chunker.evaluation.report import machine
+from dynamic_chunker.evaluation.report import load_average, machine
 from dynamic_chunker.files import atomic_write
 from dynamic_chunker.training.objective import RATIO_LOSS_WEIGHT, window_losses
-from dynamic_chunker.training.optim import build_optimizer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -64,25 +57,6 @@ def documents(ids: torch.Tensor) -> torch.Tensor:
     return (ids == BOS).long().cumsum(dim=1)
 
 
-def english_text(size: int) -> str:
-    """``size`` bytes of the English corpus (validation split, then training split), documents joined by newlines."""
-    data = (ENGLISH / "val.bin").read_bytes()[:size]
-    if len(data) < size:
-        with open(ENGLISH / "train.bin", "rb") as file:
-            data += file.read(size - len(data))
-    return data.replace(bytes([BOS]), b"\n").decode("utf-8", "ignore")
-
-
-def python_text(size: int) -> str:
-    """``size`` bytes of Python source: the standard library of the running Python, file by file."""
-    data = b""
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        data += path.read_bytes()
-        if len(data) >= size:
-            break
-    return data[:size].decode("utf-8", "ignore")
-
-
 # ------------------------------------------------------------------------------------------------------ models
 def build(config, ids: torch.Tensor | None = None, targets: list[float] | None = None):
     """A random-init model (seed 0), its routers calibrated on ``ids`` to ``targets`` bytes per chunk if given."""
@@ -108,32 +82,6 @@ def training_step(model, optimizer, ids: torch.Tensor, targets: list[float], pac
 def chunk_counts(output) -> list[int]:
     """Chunks of every stage in a forward's output."""
     return [int(r.boundary_mask.sum()) for r in output.routing]
-
-
-def time_training(model, windows: list[torch.Tensor], targets: list[float], warmup: int, steps: int, bf16: bool,
-                  after_warmup=None) -> dict:  # fmt: skip
-    """Training steps (AdamW over the stage parameter groups with lr 0: the same arithmetic as any lr, while the
-    weights, and so the calibrated compression, stay fixed) cycling over (B, L + 1) packed ``windows``:
-    the first step's seconds and loss, then ``steps`` timed steps after ``warmup``: step seconds, bytes/s of the
-    fastest and the median, realised compression and training FLOPs per byte (paper App. B, 3 x forward).
-    ``after_warmup()`` (if given) runs before the timed steps."""
-    optimizer = build_optimizer(model, 0.0, [1.0] * model.config.num_stages, weight_decay=0.1)
-    device, batch, length = windows[0].device, windows[0].shape[0], windows[0].shape[1] - 1
-
-    def step(i: int):
-        return training_step(model, optimizer, windows[i % len(windows)], targets, bf16=bf16)
-
-    first, losses = timed(lambda: step(0), device)
-    for i in range(1, warmup):
-        step(i)
-    if after_warmup is not None:
-        after_warmup()
-    runs = [timed(lambda i=i: chunk_counts(step(i).output), device) for i in range(warmup, warmup + steps)]
-    times, counts = [t for t, _ in runs], np.mean([c for _, c in runs], axis=0).tolist()
-    ratio = positions_per_chunk(batch * length, counts)
-    return {"first": first, "loss": losses.total().item(), "seconds": times, "bytes_per_s": batch * length / min(times),
-            "median_bytes_per_s": batch * length / statistics.median(times), "compression": ratio,
-            "flops_per_byte": training_flops_per_byte(model.config, length, ratio)}  # fmt: skip
 
 
 def params(model: torch.nn.Module) -> int:
@@ -203,15 +151,6 @@ def peak_bytes(device: torch.device | str = "cpu") -> int:
     raise OSError("no VmHWM in /proc/self/status")
 
 
-def available_bytes() -> int | None:
-    """MemAvailable of the machine, or None where unknown."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
 # ----------------------------------------------------------------------------------------- fresh-process workers
 class WorkerError(RuntimeError):
     """A fresh-process measurement failed; ``last_line`` is the last exception it printed to stderr (else its last
@@ -267,10 +206,6 @@ def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namesp
 
 
 # ------------------------------------------------------------------------------------------------------ reports
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def git(*args: str, cwd: Path = ROOT) -> str:
     """A git command's output in ``cwd`` ("" where it fails)."""
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)

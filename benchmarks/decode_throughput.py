@@ -23,6 +23,7 @@ import torch
 
 from benchmarks import common
 from dynamic_chunker import HNetConfig
+from dynamic_chunker.evaluation.report import load_average
 from dynamic_chunker.layers.segments import Segments
 
 ROW_OFFSET = 997
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     longest = max(args.contexts) + args.cached_steps + 1
     rows, loads = [], []
     for context in args.contexts:
-        loads.append(f"{context}: {common.load_average()}")
+        loads.append(f"{context}: {load_average()}")
         for batch in args.batches:
             ids = common.text_rows(args.text, batch, longest, ROW_OFFSET).to(args.device)
             rows.append(measure(model, ids, context, args.cached_steps, args.recompute_steps, args.block))

@@ -157,7 +157,7 @@ def measure_time(args, length: int, profile: bool) -> dict:
 
 
 def report(args, run: common.Run, rows: list[dict]) -> list[str]:
-    config, gib = our_config(args), 2**30
+    config = our_config(args)
     versions = f"{PEER_PACKAGE} {importlib.metadata.version(PEER_PACKAGE)}, x-transformers "
     lines = run.header(
         f"Training throughput and peak memory: ours vs the PyPI peer `{PEER_PACKAGE}` (CPU)",
@@ -179,8 +179,8 @@ def report(args, run: common.Run, rows: list[dict]) -> list[str]:
         o, p = row["ours"], row["peer"]
         lines.append(
             f"| {row['length']} | {o['bytes_per_s']:,.0f} | {p['bytes_per_s']:,.0f} | "
-            f"**{o['bytes_per_s'] / p['bytes_per_s']:.2f}x** | {o['peak_bytes'] / gib:.3f} GiB | "
-            f"{p['peak_bytes'] / gib:.3f} GiB | **{o['peak_bytes'] / p['peak_bytes']:.2f}** | "
+            f"**{o['bytes_per_s'] / p['bytes_per_s']:.2f}x** | {o['peak_bytes'] / common.GIB:.3f} GiB | "
+            f"{p['peak_bytes'] / common.GIB:.3f} GiB | **{o['peak_bytes'] / p['peak_bytes']:.2f}** | "
             + " | ".join("{:.2f}-{:.2f}".format(*r["bytes_per_chunk"]) for r in (o, p))
             + " |"
         )

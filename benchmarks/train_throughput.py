@@ -35,15 +35,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from benchmarks import common
 from dynamic_chunker import HNetConfig
 from dynamic_chunker.evaluation.baselines import isotropic_config
+from dynamic_chunker.evaluation.compression import positions_per_chunk
 from dynamic_chunker.evaluation.flops import default_compression, forward_flops_per_byte, training_flops_per_byte
 from dynamic_chunker.layers import kernels
 from dynamic_chunker.training import load_config
+from dynamic_chunker.training.optim import build_optimizer
 
 BENCH_CONFIG = common.HERE / "configs" / "hnet_2stage_bench.json"
 SETTINGS = ("precision", "compile", "checkpointing", "kernels")
@@ -66,7 +69,7 @@ def measure(spec: dict) -> dict:
     exact, before = common.reset_peak(spec["device"]), common.peak_bytes(spec["device"]) * (spec["device"] == "cpu")
     bf16 = spec["precision"] == "bf16"
     with kernels.use_kernels(spec["kernels"] == "on"):  # kernel calls are counted after the warm-up
-        result = common.time_training(model, windows, targets, spec["warmup"], spec["steps"], bf16, kernels.usage.clear)
+        result = time_training(model, windows, targets, spec["warmup"], spec["steps"], bf16, kernels.usage.clear)
     result.update(peak_bytes=common.peak_bytes(spec["device"]) - before, exact=exact, params=common.params(model))
     result["calls"] = ", ".join(f"{k} {n / spec['steps']:g}" for k, n in sorted(kernels.usage.items())) or "none"
     if spec["compile"]:
@@ -77,6 +80,42 @@ def measure(spec: dict) -> dict:
         step = lambda: common.training_step(model, None, windows[0], targets, bf16=bf16)  # noqa: E731
         result["profile"] = common.profile_table(step)
     return result
+
+
+def time_training(model, windows: list[torch.Tensor], targets: list[float], warmup: int, steps: int, bf16: bool,
+                  after_warmup=None) -> dict:  # fmt: skip
+    """Training steps (AdamW over the stage parameter groups with lr 0: the same arithmetic as any lr, while the
+    weights, and so the calibrated compression, stay fixed) cycling over (B, L + 1) packed ``windows``:
+    the first step's seconds and loss, then ``steps`` timed steps after ``warmup``: step seconds, bytes/s of the
+    fastest and the median, realised compression and training FLOPs per byte (paper App. B, 3 x forward).
+    ``after_warmup()`` (if given) runs before the timed steps."""
+    optimizer = build_optimizer(model, 0.0, [1.0] * model.config.num_stages, weight_decay=0.1)
+    device, batch, length = windows[0].device, windows[0].shape[0], windows[0].shape[1] - 1
+
+    def step(i: int):
+        return common.training_step(model, optimizer, windows[i % len(windows)], targets, bf16=bf16)
+
+    first, losses = common.timed(lambda: step(0), device)
+    for i in range(1, warmup):
+        step(i)
+    if after_warmup is not None:
+        after_warmup()
+    runs = [common.timed(lambda i=i: common.chunk_counts(step(i).output), device)
+            for i in range(warmup, warmup + steps)]  # fmt: skip
+    times, counts = [t for t, _ in runs], np.mean([c for _, c in runs], axis=0).tolist()
+    ratio = positions_per_chunk(batch * length, counts)
+    return {"first": first, "loss": losses.total().item(), "seconds": times, "bytes_per_s": batch * length / min(times),
+            "median_bytes_per_s": batch * length / statistics.median(times), "compression": ratio,
+            "flops_per_byte": training_flops_per_byte(model.config, length, ratio)}  # fmt: skip
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of the machine, or None where unknown."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
 
 
 def run_trainer(config: Path, tree: Path, setting: dict, args, corpus: str) -> dict:
@@ -120,7 +159,7 @@ def measure_row(what, setting: dict, tree: Path, length: int | None, args, peaks
     if isinstance(what, Path):
         config = tree / what.relative_to(common.ROOT) if what.is_relative_to(common.ROOT) else what
         return run_trainer(config, tree, setting, args, str(load_config(what).data.corpus))
-    key, available = (id(what), *setting.values()), common.available_bytes()
+    key, available = (id(what), *setting.values()), available_bytes()
     if key in peaks and available:
         predicted = peaks[key][1] * length / peaks[key][0]
         if predicted > available - args.margin_gb * common.GIB:

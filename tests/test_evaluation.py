@@ -15,7 +15,7 @@ from dynamic_chunker.evaluation import ByteLM, TokenLM, bits_per_byte, compressi
 from dynamic_chunker.evaluation.boundaries import BoundaryScore
 from dynamic_chunker.evaluation.loglik import Loglik
 from dynamic_chunker.evaluation.perturb import PERTURBATIONS, perturb
-from dynamic_chunker.evaluation.report import write_report
+from dynamic_chunker.evaluation.report import load_average, write_report
 from dynamic_chunker.evaluation.robustness import above_chance, perturbed_task, robustness_score
 from dynamic_chunker.evaluation.tasks import TASKS, Item, Task, load_task, score
 
@@ -368,6 +368,11 @@ def test_boundary_f1_on_a_constructed_example():
     assert BoundaryScore("after whitespace", 0.75, 0.5, 0.2).f1 == pytest.approx(0.6)
     assert BoundaryScore("x", 0.0, 0.0, 0.1).f1 == 0.0
 
+
+
+def test_load_average_is_the_three_numbers_of_the_os(monkeypatch):
+    monkeypatch.setattr("os.getloadavg", lambda: (1.234, 0.5, 12.0))
+    assert load_average() == "1.23 0.50 12.00"
 
 def test_report_writes_json_and_markdown(tmp_path):
     path = write_report(tmp_path, "tasks", "Zero-shot", {"tasks": {"piqa": {"acc": 0.5, "items": 2}}}, {"model": "m"})

@@ -26,6 +26,11 @@ def machine(device: str = "cpu") -> str:
     return f"{cpus} CPUs, {cpu}, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
 
 
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages, e.g. ``"1.20 0.90 0.75"``: how busy a shared machine was."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def markdown_table(rows: dict[str, dict], first: str = "name") -> str:
     """{row name: {column: value}} -> a markdown table; numbers with 4 decimals, missing cells empty."""
     columns = list(dict.fromkeys(k for row in rows.values() for k in row))

@@ -9,7 +9,6 @@ import argparse
 import gzip
 import importlib
 import json
-import os
 import shlex
 import sys
 import time
@@ -20,7 +19,7 @@ import numpy as np
 from ..errors import InvalidArgument
 from ..files import atomic_write
 from .chunkers import BASELINES, calibrate
-from .report import machine
+from .report import load_average, machine
 from .retrieval import METRICS, VARIANTS, ChunkerResult, Scores, evaluate_chunkers, load_corpus, paired_difference
 
 REFERENCE = "fixed-size"  # paired differences are taken against fixed-size chunks of about the same mean length
@@ -132,7 +131,7 @@ def write_outputs(
     ``command``: how the report was made (default: this process's command line)."""
     report["meta"] = {
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": f"{machine()}, load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        "machine": f"{machine()}, load average at the end {load_average()}",
         "seconds": time.perf_counter() - begin,
         "embedded_texts": embedder.embedded,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
