@@ -3,13 +3,14 @@
 For each context length (default 256, 1K, 4K bytes) and batch size (default 1 and 8), on real text (row r starts
 r * 997 bytes further in, so rows chunk differently): **cached** = prefill the context once (timed separately),
 then ``--cached-steps`` calls of ``model.step`` with the text's next bytes, once with the value check of the ids
-(``check=True``, one device read per step) and once without (``check=False``, what ``generate`` does), from copies of
-the same cache, in interleaved blocks of ``--block`` steps; **recompute** = one full forward over the whole context per
-new byte, as a decoder without caches must. bytes/s = batch x steps / time. Also how often the
-innermost network ran while stepping: per row, and per step (for at least one row, when a batched step pays for it).
-The model is a 2-stage H-Net shaped like the paper's (``benchmarks/configs/hnet_2stage_decode.json``: m4 / T1m4 / T8
-/ m4T1 / m4, widths 128/192/256, 11M parameters; ``--config`` for another) with routers calibrated to ``--targets``
-(``evaluation.calibration``), so the main network runs on about 1 byte in 9. Writes
+(``check=True``, one device read per step) and once without (``check=False``, what ``generate`` does), from two
+copies of the same cache, in interleaved blocks of ``--block`` steps (each copy with the check in half of the blocks,
+and first in half of them, so that neither the copy nor the order favours one side); **recompute** = one full forward
+over the whole context per new byte, as a decoder without caches must. bytes/s = batch x steps / time. Also how often
+the innermost network ran while stepping: per row, and per step (for at least one row, when a batched step pays for
+it). The model is a 2-stage H-Net shaped like the paper's (``benchmarks/configs/hnet_2stage_decode.json``: m4 /
+T1m4 / T8 / m4T1 / m4, widths 128/192/256, 11M parameters; ``--config`` for another) with routers calibrated to
+``--targets`` (``evaluation.calibration``), so the main network runs on about 1 byte in 9. Writes
 ``benchmarks/results/decode_throughput_cpu.md``.
 """
 
@@ -36,12 +37,13 @@ def measure(model, ids: torch.Tensor, context: int, cached_steps: int, recompute
     cache = model.allocate_inference_cache(batch, context + cached_steps + 1)
     prefill, _ = common.timed(lambda: model(ids[:, :context], inference_params=cache), ids.device)
     first = model.step(ids[:, context], cache).logits  # warm-up, not timed; checked against the recompute below
-    caches = {True: cache, False: copy.deepcopy(cache)}  # checks on / off, stepping through the same bytes
+    caches = [cache, copy.deepcopy(cache)]  # two copies stepping through the same bytes, one with the check, one not
     seconds, decisions = {True: 0.0, False: 0.0}, {True: [], False: []}
-    for start in range(1, cached_steps + 1, block):
+    for n, start in enumerate(range(1, cached_steps + 1, block)):
         steps = range(start, min(start + block, cached_steps + 1))
-        for check in (True, False) if start // block % 2 == 0 else (False, True):  # interleaved, order alternating
-            fn = lambda c=check, s=steps: [model.step(ids[:, context + i], caches[c], check=c) for i in s]  # noqa: E731
+        pairs = [(caches[0], n // 2 % 2 == 0), (caches[1], n // 2 % 2 == 1)]  # each copy checks in half the blocks,
+        for c, check in pairs if n % 2 == 0 else pairs[::-1]:  # and goes first in half of them
+            fn = lambda c=c, k=check, s=steps: [model.step(ids[:, context + i], c, check=k) for i in s]  # noqa: E731
             elapsed, outputs = common.timed(fn, ids.device)
             seconds[check] += elapsed
             decisions[check] += [out.boundary_mask[:, -1] for out in outputs]
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__, "decode_throughput_cpu.md", common.HERE / "configs" / "hnet_2stage_decode.json", 1)
     p.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 4096], help="context lengths in bytes")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
-    p.add_argument("--cached-steps", type=int, default=64, help="timed cached steps per setting")
-    p.add_argument("--block", type=int, default=8, help="cached steps per timed block (checks on and off alternate)")
+    p.add_argument("--cached-steps", type=int, default=256, help="timed cached steps per setting")
+    p.add_argument("--block", type=int, default=16, help="cached steps per timed block (checks on and off alternate)")
     p.add_argument("--recompute-steps", type=int, default=2, help="timed full forwards per setting")
     p.add_argument("--targets", type=float, nargs="+", default=[3.0, 3.0], help="positions per chunk, per stage")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
