@@ -51,9 +51,11 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 HEAP_BLOCK_BYTES = 32 << 20
 HEAP_KEEP_BYTES = 256 << 20
 BLOCK_BYTES = 1 << 18  # bytes processed at a time (a whole number of windows): what bounds the memory
-# Layout scores of a cut (see layout_scores): after a blank line, after a sentence end, after a line break (weakest:
-# prose is often hard-wrapped, so a single line break says little).
-BLANK_LINE, SENTENCE_END, NEWLINE = 3.0, 2.0, 1.0
+# Layout scores of a cut (see layout_scores): after a blank line, after a sentence end, after a line break (prose is
+# often hard-wrapped, so a single line break says little), after clause punctuation (weakest: it splits a sentence,
+# but where one must be split it halves the SQuAD answers cut in two at 128 characters; chunk_retrieval_screen.md).
+BLANK_LINE, SENTENCE_END, NEWLINE, CLAUSE_END = 3.0, 2.0, 1.0, 0.5
+CLAUSE_ENDERS = b",;:"
 SENTENCE_ENDERS = (b".", b"!", b"?", "。".encode(), "！".encode(), "？".encode())
 
 
@@ -195,7 +197,8 @@ def char_edges(data: bytes, strict: bool) -> np.ndarray:
 
 def layout_scores(data: bytes, context: bytes = b"") -> np.ndarray:
     """(len(data),) float32: how strongly the layout suggests a cut before each byte: BLANK_LINE after a blank line,
-    SENTENCE_END after a sentence end (. ! ? then whitespace, or 。！？), NEWLINE after another line break, else 0.
+    SENTENCE_END after a sentence end (. ! ? then whitespace, or 。！？), NEWLINE after another line break, CLAUSE_END
+    after clause punctuation (, ; : then whitespace), else 0.
     ``context`` is the text before ``data`` (its last few bytes are looked at)."""
     tail = context[-8:]
     b = np.frombuffer(tail + data, dtype=np.uint8)
@@ -211,10 +214,12 @@ def layout_scores(data: bytes, context: bytes = b"") -> np.ndarray:
     space = np.isin(prev, np.frombuffer(WHITESPACE, np.uint8))
     score = np.zeros(n, dtype=np.float32)
     ascii_end = np.isin(prev2, np.frombuffer(b".!?", np.uint8)) & space
+    clause_end = np.isin(prev2, np.frombuffer(CLAUSE_ENDERS, np.uint8)) & space
     wide_end = np.zeros(n, dtype=bool)
     for ender in SENTENCE_ENDERS[3:]:
         e = np.frombuffer(ender, np.uint8)
         wide_end |= (before(3) == e[0]) & (prev2 == e[1]) & (prev == e[2])
+    score[clause_end] = CLAUSE_END
     score[prev == 0x0A] = NEWLINE
     score[ascii_end | wide_end] = SENTENCE_END
     score[(prev == 0x0A) & ((prev2 == 0x0A) | ((prev2 == 0x0D) & (before(3) == 0x0A)))] = BLANK_LINE
