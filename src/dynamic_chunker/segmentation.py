@@ -443,10 +443,6 @@ class _Cutter:
         unit_bytes = np.append(where, usable if not final else len(self.data))
         strength, level, prob = self._unit_signals(where, usable)
         layout = layout_scores(self.data[:usable], self.before)[where]
-        # where the layout marks a cut, it counts as a boundary of every stage: among such positions the stronger
-        # cue and then the later one wins (chunks packed up to chunk_size), the model choosing only where the layout
-        # is silent (chunk_retrieval.md: noise of its probabilities between sentence ends only spread the lengths)
-        strength = np.where(layout > 0, np.float32(max(self.c.stages, 1)), strength)
         score = self.c.model_weight * strength + self.c.layout_weight * layout
         # offsets reported and limited by chunk_size: characters for text, bytes for bytes input
         self.offsets = np.arange(len(unit_bytes)) if self.text_mode else unit_bytes
