@@ -50,7 +50,7 @@ def cutter(model, signals: dict[str, np.ndarray], **options):
 def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__, "chunk_retrieval", threads=1, text=False)
     parser.add_argument("--sizes", default="275,550,128")
-    parser.add_argument("--screen-sizes", default="275", help="target sizes of the settings screen")
+    parser.add_argument("--screen-sizes", default="128,275,550", help="target sizes of the settings screen")
     parser.add_argument("--variants", default="flat,paragraphs")
     parser.add_argument("--model", help="chunking model (default: the bundled one)")
     parser.add_argument("--cache-dir", help="embedding cache (default: the benchmark's)")
