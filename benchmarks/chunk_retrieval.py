@@ -29,7 +29,7 @@ from dynamic_chunker.evaluation.retrieval_benchmark import paired_table, read_re
 from dynamic_chunker.segmentation import HNetChunker
 
 BASELINES = common.RESULTS / "retrieval_squad.json.gz"
-SETTINGS = [(lw, mf) for lw in (0.0, 0.5, 1.0, 2.0) for mf in (0.3, 0.6)]
+LAYOUT_WEIGHTS, MIN_FRACTIONS = "0,0.5,1,2", "0.1,0.2,0.3,0.6"  # the settings screen's grid
 
 
 class CachedCut:
@@ -50,10 +50,12 @@ def cutter(model, signals: dict[str, np.ndarray], **options):
 def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__, "chunk_retrieval", threads=1, text=False)
     parser.add_argument("--sizes", default="275,550,128")
-    parser.add_argument("--screen-sizes", default="275", help="target sizes of the settings screen")
+    parser.add_argument("--screen-sizes", default="128,275,550", help="target sizes of the settings screen")
     parser.add_argument("--variants", default="flat,paragraphs")
     parser.add_argument("--model", help="chunking model (default: the bundled one)")
     parser.add_argument("--cache-dir", help="embedding cache (default: the benchmark's)")
+    parser.add_argument("--layout-weights", default=LAYOUT_WEIGHTS, help="layout_weight values of the screen")
+    parser.add_argument("--min-fractions", default=MIN_FRACTIONS, help="min_fraction values of the screen")
     parser.add_argument("--screen-only", action="store_true", help="stop after the settings screen")
     parser.add_argument("--paired-only", action="store_true", help="only write the paired table of an earlier run")
     parser.add_argument("--articles", type=int, help="use only the first N articles (a quick check; not comparable "
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     screen_sizes = [int(s) for s in args.screen_sizes.split(",")]
     lines = ["| layout_weight | min_fraction | " + " | ".join(f"{v}@{s}" for v in variants for s in screen_sizes)
              + " | mean |", "|---|---|" + "---|" * (len(variants) * len(screen_sizes) + 1)]  # fmt: skip
-    for lw, mf in [*SETTINGS, ("layout only", 0.5)]:
+    settings = [(float(lw), float(mf)) for lw in args.layout_weights.split(",") for mf in args.min_fractions.split(",")]
+    for lw, mf in [*settings, ("layout only", 0.5)]:
         options = {"layout_weight": 1.0, "model_weight": 0.0} if lw == "layout only" else {"layout_weight": lw}
         options["min_fraction"] = mf
         rates = []

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.segmentation import (
     BLANK_LINE,
+    CLAUSE_END,
     NEWLINE,
     SENTENCE_END,
     Chunk,
@@ -184,7 +185,7 @@ def test_layout_only_ablation_cuts_at_paragraphs():
 
 
 def test_layout_scores():
-    text = b"One. Two\nThree\n\nFour!x\r\n\r\nFive\xe3\x80\x82Six.\nSeven"
+    text = b"One. Two\nThree\n\nFour!x\r\n\r\nFive\xe3\x80\x82Six.\nSeven, eight;nine: ten,\nEleven"
     score = layout_scores(text)
     expected = np.zeros(len(text), dtype=np.float32)
     expected[text.index(b"Two")] = SENTENCE_END
@@ -193,6 +194,9 @@ def test_layout_scores():
     expected[text.index(b"Five")] = BLANK_LINE
     expected[text.index(b"Six")] = SENTENCE_END
     expected[text.index(b"Seven")] = SENTENCE_END  # a line break after a sentence end: the stronger of the two
+    expected[text.index(b"eight")] = CLAUSE_END
+    expected[text.index(b"ten")] = CLAUSE_END  # "nine" follows ";" without whitespace: not a clause end
+    expected[text.index(b"Eleven")] = NEWLINE
     expected[text.index(b"\n\n") + 1] = NEWLINE  # between the two line breaks of a blank line
     expected[text.index(b"\r\n\r\n") + 2] = NEWLINE  # after the first \r\n
     np.testing.assert_array_equal(score, expected)
