@@ -271,6 +271,17 @@ def test_windows_one_at_a_time_by_default_on_cpu_give_the_batched_signals():
     np.testing.assert_allclose(one, batched, rtol=0, atol=1e-5)
 
 
+def test_malloc_tuning_is_applied_on_cpu_unless_switched_off(monkeypatch):
+    import dynamic_chunker.segmentation as segmentation
+
+    calls = []
+    monkeypatch.setattr(segmentation, "keep_freed_memory", lambda: calls.append(1))
+    HNetChunker(MODEL, tune_malloc=False)
+    assert calls == []
+    HNetChunker(MODEL)
+    assert calls == [1]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings (Linux)")
 def test_freed_tensors_are_reused_without_page_faults():
     import resource
