@@ -1,6 +1,7 @@
 """hnet bench end to end on a tiny suite (a few steps per model): sizing, training, evaluation, table, plots, resume."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,20 @@ def test_bench_trains_evaluates_and_resumes_a_tiny_suite(tmp_path, corpus, capsy
     assert (runs / "hnet" / "model.safetensors").stat().st_mtime_ns == before
     assert again["hnet"]["val_bpb"] == results["hnet"]["val_bpb"] and again["bytes"]["steps"] == 3
     assert [r["step"] for r in read_csv(runs / "bytes" / "train.csv")] == [1, 2, 3]  # the old logs were replaced
+    # on another machine (no run folders, only the committed results) nothing trains again, and the plots keep the
+    # curves; a result whose plan no longer matches (other steps) is trained again
+    curve = [(row["step"], row["val_bpb"]) for row in again["hnet"]["curve"]]
+    assert curve == [(row["step"], row["val_bpb"]) for row in read_csv(runs / "hnet" / "eval.csv")] and curve
+    shutil.rmtree(runs)
+    assert main(["bench", path, "--no-progress"]) == 0
+    assert not any((runs / i).exists() for i in again)  # (the BPE tokenizer is trained again: planning needs it)
+    assert json.loads((tmp_path / "results" / "tiny.json").read_text()) == again
+    assert "not trained again" in capsys.readouterr().out
+    committed = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    committed["bytes"]["steps"] = 2
+    (tmp_path / "results" / "tiny.json").write_text(json.dumps(committed))
+    assert main(["bench", path, "--no-progress"]) == 0
+    assert (runs / "bytes" / "bench.json").is_file() and not (runs / "hnet").exists()
     capsys.readouterr()
 
 

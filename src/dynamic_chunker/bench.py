@@ -5,7 +5,9 @@ Budget: every model sees the same number of training bytes (a token model's toke
 measured bytes per token), and models marked ``match_flops`` get the innermost width whose forward FLOPs per byte
 (paper App. B, at the compression each reaches) are closest to the reference model's. Each model runs in
 ``runs/<folder>/<id>`` and is finished (``bench.json``) before the next starts; an interrupted model resumes from its
-checkpoint, a finished one is loaded, so a suite may span several sessions.
+checkpoint, a finished one is loaded, so a suite may span several sessions. The run folders are not committed, so a
+model whose result is already in ``out/<name>.json`` (same FLOPs per byte and steps) is taken from there and not trained
+again: committed results carry a suite over to another machine (delete a model's entry there to train it again).
 
 Suite YAML::
 
@@ -257,6 +259,7 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
         "bytes_seen": config.train.steps * config.train.batch_size * config.data.seq_len * planned["bytes_per_token"],
         "train_minutes": minutes,
         "val_bpb": bpb.bpb,
+        "curve": _curve(out_dir),
         "tasks": _tasks(lm, suite, progress),
         "robustness": (
             evaluate_robustness(lm, ev["robustness_limit"], progress=progress) if ev.get("robustness_limit") else {}
@@ -264,6 +267,29 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
     }
     atomic_write(done, json.dumps(result, indent=2) + "\n")  # an interrupted write leaves no half file
     return result
+
+
+def _curve(out_dir: Path) -> list[dict]:
+    """The validation curve of a run (step, val BPB, compression per stage), kept in the results for the plots."""
+    from .training.logs import read_csv
+
+    keep = lambda key: key in ("step", "val_bpb") or key.startswith("val_compression_")  # noqa: E731
+    return [{k: v for k, v in row.items() if keep(k)} for row in read_csv(out_dir / "eval.csv")]
+
+
+def _committed(suite: Suite, planned: dict[str, dict]) -> dict[str, dict]:
+    """Results in ``out/<name>.json`` whose model has the planned FLOPs per byte and steps (its run is elsewhere)."""
+    path = Path(suite.out) / f"{suite.name}.json"
+    if not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); restore it from git or delete it") from None
+    same = lambda r, p: r.get("steps") == p["config"].train.steps and math.isclose(  # noqa: E731
+        r.get("flops_per_byte", math.nan), p["flops_per_byte"], rel_tol=1e-6
+    )
+    return {i: r for i, r in results.items() if i in planned and same(r, planned[i])}
 
 
 def _tasks(lm, suite: Suite, progress: bool) -> dict[str, dict]:
@@ -291,11 +317,16 @@ def _run_one(suite: Suite, path: Path, only: list[str] | None, progress: bool) -
             f"corpus {suite.corpus} not found; prepare it with `hnet data prepare {Path(suite.corpus).name}`"
         )
     planned = plan(suite)
-    finished = {}
+    committed, finished = _committed(suite, planned), {}
     for model in suite.models:
-        done = Path(planned[model.id]["config"].out) / BENCH_FILE
-        if done.is_file():
-            finished[model.id] = json.loads(done.read_text())
+        out_dir = Path(planned[model.id]["config"].out)
+        if (out_dir / BENCH_FILE).is_file():
+            finished[model.id] = json.loads((out_dir / BENCH_FILE).read_text())
+            if "curve" not in finished[model.id]:  # results written before the curve was kept
+                finished[model.id]["curve"] = committed.get(model.id, {}).get("curve") or _curve(out_dir)
+        elif model.id in committed:
+            print(f"== {model.id}: its result is in {suite.out}/{suite.name}.json; not trained again", flush=True)
+            finished[model.id] = committed[model.id]
     table = write_results(suite, finished, path) if finished else None
     for model in suite.models:
         if model.id in finished or (only and model.id not in only):
@@ -372,12 +403,10 @@ def _plot(suite: Suite, results: dict[str, dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .training.logs import read_csv
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     fig_c, ax_c = plt.subplots(figsize=(7, 4.5))
-    for model_id, r in results.items():
-        evals = read_csv(Path(suite.runs) / model_id / "eval.csv")
+    for r in results.values():
+        evals = r.get("curve")
         if not evals:
             continue
         per_step = r["bytes_seen"] / max(r["steps"], 1)
