@@ -505,3 +505,23 @@ def test_debian_part_from_a_cached_package(tmp_path):
     assert (cache / "unpacked" / "dc-test_1.2-3_all").is_dir()
     prepare_corpus("deb", tmp_path / "c", [debian_part_source(part, cache)], progress=False)  # reuses the unpacked tree
     assert PreparedCorpus(tmp_path / "c").manifest["sources"][0]["documents"] == 2
+
+
+def test_bpe_pre_tokens_are_capped_so_text_without_spaces_trains():
+    import random
+    import time
+
+    from dynamic_chunker.data.tokens import MAX_PIECE, train_bpe
+
+    rng = random.Random(0)
+    small = train_bpe(["ACGT" * 500], vocab_size=300)
+    pieces = small.pre_tokenizer.pre_tokenize_str("ACGT" * 200)
+    assert [len(p) for p, _ in pieces] == [MAX_PIECE, MAX_PIECE, MAX_PIECE, 800 - 3 * MAX_PIECE]
+    # prose keeps GPT-2's split (the cap only cuts runs longer than MAX_PIECE)
+    prose = small.pre_tokenizer.pre_tokenize_str("Hello world, it's  fine")
+    assert [p for p, _ in prose] == ["Hello", "Ġworld", ",", "Ġit", "'s", "Ġ", "Ġfine"]
+    dna = ["".join(rng.choice("ACGT") for _ in range(200_000)) for _ in range(2)]  # one 200 kB word per document
+    start = time.perf_counter()
+    tokenizer = train_bpe(dna, vocab_size=400)
+    assert time.perf_counter() - start < 60  # uncapped, tokenizers does not finish this in minutes
+    assert tokenizer.decode(tokenizer.encode(dna[0][:5000]).ids) == dna[0][:5000]

@@ -17,6 +17,10 @@ from ..errors import InvalidArgument
 from .corpus import BOS, CorpusSplit
 
 BOS_TOKEN = "<bos>"
+# Longest pre-token in characters of the byte-level alphabet (= bytes). Text without whitespace or punctuation (DNA)
+# would otherwise be one pre-token per document, and BPE training on megabyte-long words does not finish; English
+# pre-tokens are far shorter, so the cap does not change how prose is split.
+MAX_PIECE = 256
 
 
 def documents(split: CorpusSplit, max_bytes: int | None = None) -> Iterator[str]:
@@ -35,7 +39,8 @@ def train_bpe(
 ):
     """A byte-level BPE tokenizer (Hugging Face ``tokenizers``) of ``vocab_size`` ids trained on ``texts``: the
     ``special_tokens`` first (``<bos>`` = id 0 by default), then the 256 byte tokens and the merges. ``pieces``: a regex
-    whose matches are the pre-tokens that merges never cross (default: GPT-2's byte-level split)."""
+    whose matches are the pre-tokens that merges never cross (default: GPT-2's byte-level split); either way a
+    pre-token is cut every MAX_PIECE bytes."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + len(special_tokens):
@@ -45,14 +50,15 @@ def train_bpe(
         )
     tokenizer = Tokenizer(models.BPE())
     if pieces is None:
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        split = [pre_tokenizers.ByteLevel(add_prefix_space=False)]
     else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(pieces), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
+        split = [
+            pre_tokenizers.Split(Regex(pieces), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    # after ByteLevel every byte is one character, so this caps pre-tokens at MAX_PIECE bytes
+    split.append(pre_tokenizers.Split(Regex(rf"[\s\S]{{1,{MAX_PIECE}}}"), behavior="isolated"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(split)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
