@@ -7,10 +7,12 @@
    the whole of chunk_text).
 2. For each target mean length, `chunk_size` is calibrated as the baselines' parameters are
    (`evaluation.chunkers.calibrate`: within 1% of the target where the search gets there, else the nearest mean found).
-3. A cheap screen without embeddings picks the cutter's settings: for each (layout_weight, min_fraction) the share of
-   questions whose answer is cut in two (lower is better), at every size and variant.
-4. The chosen setting and the ablation (`model_weight=0`: layout scores only, same cutter) are scored with MiniLM
-   embeddings; the report merges the baselines' per-question scores for paired comparisons.
+3. A cheap screen without embeddings picks the optimal cutter's settings: for each (layout_weight, min_fraction,
+   cut_cost) the share of questions whose answer is cut in two (lower is better), at every size and variant; the
+   lowest mean wins among settings whose calibrated chunk_size stays within MAX_SIZE_RATIO of the target.
+4. The chosen setting, the ablation (`model_weight=0`: layout scores only, same cutter and settings) and the greedy
+   cutter (the earlier default) are scored with MiniLM embeddings; the report merges the baselines' per-question
+   scores for paired comparisons.
 
 Writes ``benchmarks/results/chunk_retrieval{.md,.png,.json.gz,_screen.md,_paired.md}`` (``--output`` prefix).
 """
@@ -29,7 +31,9 @@ from dynamic_chunker.evaluation.retrieval_benchmark import paired_table, read_re
 from dynamic_chunker.segmentation import HNetChunker
 
 BASELINES = common.RESULTS / "retrieval_squad.json.gz"
-LAYOUT_WEIGHTS, MIN_FRACTIONS = "0,0.5,1,2", "0.1,0.2,0.3,0.6"  # the settings screen's grid
+LAYOUT_WEIGHTS, MIN_FRACTIONS, CUT_COSTS = "1,2,4", "0.2,0.35,0.5", "1,2.5,5,10"  # the settings screen's grid
+MAX_SIZE_RATIO = 2.0  # the chosen setting's calibrated chunk_size is at most this times the target mean length
+GREEDY = {"cutter": "greedy", "layout_weight": 2.0, "min_fraction": 0.2}  # the earlier default, for comparison
 
 
 class CachedCut:
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", help="embedding cache (default: the benchmark's)")
     parser.add_argument("--layout-weights", default=LAYOUT_WEIGHTS, help="layout_weight values of the screen")
     parser.add_argument("--min-fractions", default=MIN_FRACTIONS, help="min_fraction values of the screen")
+    parser.add_argument("--cut-costs", default=CUT_COSTS, help="cut_cost values of the screen (optimal cutter)")
     parser.add_argument("--screen-only", action="store_true", help="stop after the settings screen")
     parser.add_argument("--paired-only", action="store_true", help="only write the paired table of an earlier run")
     parser.add_argument("--articles", type=int, help="use only the first N articles (a quick check; not comparable "
@@ -80,28 +85,51 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{variant}: signals of {sum(len(d.encode()) for d in corpus.documents) / 1e6:.2f} MB in {seconds:.0f} s")
 
     # --- the settings screen (no embeddings)
-    screen = {}
     screen_sizes = [int(s) for s in args.screen_sizes.split(",")]
-    lines = ["| layout_weight | min_fraction | " + " | ".join(f"{v}@{s}" for v in variants for s in screen_sizes)
-             + " | mean |", "|---|---|" + "---|" * (len(variants) * len(screen_sizes) + 1)]  # fmt: skip
-    settings = [(float(lw), float(mf)) for lw in args.layout_weights.split(",") for mf in args.min_fractions.split(",")]
-    for lw, mf in [*settings, ("layout only", 0.5)]:
-        options = {"layout_weight": 1.0, "model_weight": 0.0} if lw == "layout only" else {"layout_weight": lw}
-        options["min_fraction"] = mf
-        rates = []
+
+    def screen_row(options: dict) -> tuple[list[float], float]:
+        """Share of answers cut in two per variant and size, and the largest calibrated chunk_size / target."""
+        rates, ratio = [], 0.0
         for variant in variants:
             corpus, factory = corpora[variant], cutter(model, signals[variant], **options)
             for size in screen_sizes:
-                cut = factory(calibrate(factory, corpus.documents, size)[0])
-                rates.append(answers_cut(corpus.questions, [cut(d) for d in corpus.documents]))
-        screen[(lw, mf)] = float(np.mean(rates))
-        cells = " | ".join(f"{r * 100:.1f}" for r in rates)
-        lines.append(f"| {lw} | {mf} | {cells} | {screen[(lw, mf)] * 100:.2f} |")
+                param = calibrate(factory, corpus.documents, size)[0]
+                rates.append(answers_cut(corpus.questions, [factory(param)(d) for d in corpus.documents]))
+                ratio = max(ratio, param / size)
+        return rates, ratio
+
+    lines = ["| cutter | layout_weight | min_fraction | cut_cost | "
+             + " | ".join(f"{v}@{s}" for v in variants for s in screen_sizes) + " | mean | chunk_size / target |",
+             "|---|---|---|---|" + "---|" * (len(variants) * len(screen_sizes) + 2)]  # fmt: skip
+
+    def add_line(options: dict) -> tuple[float, float]:
+        rates, ratio = screen_row(options)
+        name = options.get("cutter", "optimal") + (" (layout only)" if options.get("model_weight") == 0 else "")
+        cells = " | ".join(f"{r * 100:.2f}" for r in rates)
+        settings = f"{options['layout_weight']} | {options['min_fraction']} | {options.get('cut_cost', '-')}"
+        lines.append(f"| {name} | {settings} | {cells} | {np.mean(rates) * 100:.2f} | {ratio:.2f} |")
         print(lines[-1], flush=True)
-    learned = {k: v for k, v in screen.items() if k[0] != "layout only"}
-    best_lw, best_mf = min(learned, key=learned.get)
+        return float(np.mean(rates)), ratio
+
+    add_line(GREEDY)
+    screen = {}
+    for lw, mf, cost in itertools.product(*(map(float, a.split(",")) for a in (args.layout_weights,
+                                          args.min_fractions, args.cut_costs))):  # fmt: skip
+        screen[(lw, mf, cost)] = add_line({"layout_weight": lw, "min_fraction": mf, "cut_cost": cost})
+    within = {k: rate for k, (rate, ratio) in screen.items() if ratio <= MAX_SIZE_RATIO} or {
+        k: rate for k, (rate, _) in screen.items()
+    }
+    best_lw, best_mf, best_cost = min(within, key=within.get)
+    chosen = {"layout_weight": best_lw, "min_fraction": best_mf, "cut_cost": best_cost}
+    add_line({**chosen, "model_weight": 0.0})
     title = "chunk_text settings screen: % of SQuAD answers cut in two (lower is better), at matched mean lengths"
-    header = run.header(title, f"Chosen: layout_weight {best_lw}, min_fraction {best_mf}")
+    header = run.header(
+        title,
+        f"Chosen (optimal cutter): layout_weight {best_lw}, min_fraction {best_mf}, cut_cost {best_cost}: the "
+        f"lowest mean among the settings whose calibrated chunk_size stays within {MAX_SIZE_RATIO:g}x the target "
+        "mean length at every size (so that chunk_size remains a meaningful maximum). The last column is the "
+        "largest calibrated chunk_size / target over the cells; `greedy` is the earlier default cutter.",
+    )
     common.write_report(header + lines, args.output.with_name(args.output.name + "_screen.md"))
     if args.screen_only:
         return
@@ -114,8 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     baselines = read_results(BASELINES)
     report = {"model": embedder.model_id, "k": [1, 5, 10], "variants": {}}
     runs = [
-        ("chunk_text", {"layout_weight": best_lw, "min_fraction": best_mf}),
-        ("chunk_text-layout-only", {"layout_weight": 1.0, "model_weight": 0.0, "min_fraction": best_mf}),
+        ("chunk_text", chosen),
+        ("chunk_text-layout-only", {**chosen, "model_weight": 0.0}),
+        ("chunk_text-greedy", GREEDY),
     ]
     results = {v: {} for v in variants}
     for size, (name, options), variant in itertools.product(sizes, runs, variants):
@@ -134,12 +163,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_paired(out: Path, run: common.Run) -> None:
     header = run.header(
-        "chunk_text against the best baseline at each size, and against its layout-only ablation",
+        "chunk_text against the best baseline at each size, its layout-only ablation and the greedy cutter",
         "Paired differences at k = 5 over the same 4,961 questions, percentage points ± paired standard error "
         "(positive: chunk_text better). The best baseline is the one with the highest IoU@5 at that target "
         f"(fixed-size left out). From `{out.name}.json.gz`.",
     )
-    table = paired_table(read_results(out.with_name(out.name + ".json.gz")), "chunk_text", "chunk_text-layout-only")
+    report = read_results(out.with_name(out.name + ".json.gz"))
+    table = paired_table(report, "chunk_text", ["chunk_text-layout-only", "chunk_text-greedy"])
     common.write_report([*header, table], out.with_name(out.name + "_paired.md"))
 
 

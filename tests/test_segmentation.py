@@ -1,5 +1,6 @@
 """chunk_text / HNetChunker: lossless chunks at character edges, within chunk_size, at the model's boundaries."""
 
+import itertools
 import sys
 import tracemalloc
 
@@ -15,6 +16,7 @@ from dynamic_chunker.segmentation import (
     CLAUSE_END,
     NEWLINE,
     SENTENCE_END,
+    SHORT_PENALTY,
     Chunk,
     HNetChunker,
     boundary_signals,
@@ -22,6 +24,7 @@ from dynamic_chunker.segmentation import (
     chunk_text,
     keep_freed_memory,
     layout_scores,
+    optimal_paths,
     token_counter,
 )
 
@@ -162,10 +165,10 @@ def test_level_with_chunk_size_splits_only_long_units():
     assert {c.start_index for c in units} <= {c.start_index for c in limited}
 
 
-def test_cuts_take_the_strongest_boundary_in_reach():
+def test_greedy_cuts_take_the_strongest_boundary_in_reach():
     text = SAMPLE * 3
     size = 50
-    chunker = HNetChunker(MODEL, size, layout_weight=0.0, min_fraction=0.5)
+    chunker = HNetChunker(MODEL, size, layout_weight=0.0, min_fraction=0.5, cutter="greedy")
     chunks = chunker.chunk(text)
     probs = chunker.signals(text.encode())
     edges = np.flatnonzero(char_edges(text.encode(), strict=False))
@@ -175,6 +178,116 @@ def test_cuts_take_the_strongest_boundary_in_reach():
         allowed = range(c.start_index + 25, c.start_index + size + 1)
         best = max(strength[j] for j in allowed if j < len(text))
         assert strength[nxt.start_index] == best
+
+
+# ------------------------------------------------------------------------------------------------ optimal cutter
+def cut_set_value(offsets, gains, cuts, size, min_len, adjacent=None):
+    """Total gain of the cut set ``cuts`` (node indices, ending at the last node), or None if a chunk is too long."""
+    total, previous = 0, 0
+    for k in cuts:
+        length = offsets[k] - offsets[previous]
+        if length > size and not (adjacent and adjacent[k] and k == previous + 1):
+            return None
+        total += gains[k] - (SHORT_PENALTY if length < min_len and k != len(offsets) - 1 else 0)
+        previous = k
+    return total
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(st.integers(1, 5), min_size=1, max_size=11),
+    gains=st.lists(st.integers(-6, 6), min_size=12, max_size=12),
+    size=st.integers(1, 12),
+    min_len=st.integers(0, 8),
+    with_adjacent=st.booleans(),
+)
+def test_optimal_paths_find_the_best_of_all_cut_sets(steps, gains, size, min_len, with_adjacent):
+    offsets = [0, *itertools.accumulate(steps)]
+    n = len(offsets)
+    gains = [0, *gains[1 : n - 1], 0]  # the start and the end (free) cost nothing
+    adjacent = [k % 2 == 1 for k in range(n)] if with_adjacent else None
+    best, parent = optimal_paths(offsets, gains, size, min_len, adjacent, free_end=True)
+    values = [cut_set_value(offsets, gains, [*inner, n - 1], size, min_len, adjacent)
+              for r in range(n - 1) for inner in itertools.combinations(range(1, n - 1), r)]  # fmt: skip
+    feasible = [v for v in values if v is not None]
+    if not feasible:
+        return
+    assert best[-1] == max(feasible)
+    path, k = [], n - 1
+    while k:
+        path.append(k)
+        k = parent[k]
+    assert cut_set_value(offsets, gains, path[::-1], size, min_len, adjacent) == best[-1]
+
+
+def unit_scores(chunker, text: str) -> np.ndarray:
+    data = text.encode()
+    edges = np.flatnonzero(char_edges(data, strict=False))
+    strength = np.maximum.reduceat(chunker.signals(data), edges, axis=1).sum(axis=0)
+    return chunker.model_weight * strength + chunker.layout_weight * layout_scores(data)[edges]
+
+
+@pytest.mark.parametrize("size, min_fraction", [(7, 0.0), (7, 0.5), (30, 0.3)])
+def test_optimal_cutter_reaches_the_best_score_of_any_cut_set(size, min_fraction):
+    # chunk_size 7: every position is a candidate, so the cutter's optimum is the optimum over all cut sets
+    text = SAMPLE[:120]
+    chunker = HNetChunker(MODEL, size, min_fraction=min_fraction, cut_cost=1.5)
+    chunks = chunker.chunk(text)
+    check_chunks(text, chunks, size)
+    gain = np.rint((unit_scores(chunker, text).astype(np.float64) - 1.5) * 1024).astype(np.int64)
+    min_len = int(np.ceil(min_fraction * size))
+    # each cut gains its score; the chunk it ends pays the penalty if short (the last chunk never does)
+    ours = sum(int(gain[b.start_index]) - SHORT_PENALTY * (len(a.text) < min_len) for a, b in zip(chunks, chunks[1:]))
+    # reference: the plain O(n^2) dynamic program over every character edge
+    n = len(text)
+    best = [0] + [None] * n
+    for j in range(1, n + 1):
+        for i in range(max(0, j - size), j):
+            short = SHORT_PENALTY if j - i < min_len and j < n else 0
+            value = best[i] - short + (int(gain[j]) if j < n else 0)
+            best[j] = value if best[j] is None or value > best[j] else best[j]
+    if size == 7:
+        assert ours == best[n]
+    else:  # fewer candidates (high scores and each block's best): at most the optimum, and close to it
+        assert ours <= best[n]
+        assert ours >= best[n] - 2 * 1024 * len(chunks)
+
+
+def test_optimal_cutter_streams_the_cuts_of_the_whole_text(monkeypatch):
+    import dynamic_chunker.segmentation as seg
+
+    text = (SAMPLE * 12).encode()
+    chunker = HNetChunker(MODEL, 40, window=256, context=64)
+    whole = chunker.cut(text, chunker.signals(text))
+    monkeypatch.setattr(seg, "BLOCK_BYTES", 256)
+    assert chunker.chunk(text) == whole
+    assert chunker.chunk(text.decode()) == chunker.cut(text.decode(), chunker.signals(text))
+
+
+def test_optimal_cutter_commits_where_best_sets_never_meet(monkeypatch):
+    import dynamic_chunker.segmentation as seg
+
+    monkeypatch.setattr(seg, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(seg, "FORCE_BYTES", 600)  # one letter repeated: every cut scores the same
+    text = b"a" * 5000
+    chunker = HNetChunker(MODEL, 50, window=256, context=64, model_weight=0.0)
+    chunks = chunker.chunk(text)
+    check_chunks(text, chunks, 50)
+    assert chunks == chunker.chunk(text)
+
+
+def test_optimal_cutter_beats_greedy_on_its_own_objective():
+    text = SAMPLE * 4
+    for size in (40, 90):
+        totals = {}
+        for cutter in ("optimal", "greedy"):
+            chunker = HNetChunker(MODEL, size, cutter=cutter, min_fraction=0.2)
+            score = unit_scores(chunker, text)
+            chunks = chunker.chunk(text)
+            check_chunks(text, chunks, size)
+            assert all(len(c.text) >= 0.2 * size for c in chunks[:-1])
+            totals[cutter] = sum(score[c.start_index] - chunker.cut_cost for c in chunks[1:])
+        assert totals["optimal"] >= totals["greedy"]
 
 
 def test_layout_only_ablation_cuts_at_paragraphs():

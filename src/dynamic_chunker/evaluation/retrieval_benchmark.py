@@ -12,6 +12,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -215,10 +216,12 @@ def cell(summary: dict, metric: str, sign: str = "") -> str:
     return f"{summary['mean'] * 100:{sign}.{d}f} ± {summary['se'] * 100:.{d}f}"
 
 
-def paired_table(report: dict, chunker: str, ablation: str | None = None, k: int = 5) -> str:
+def paired_table(report: dict, chunker: str, ablation: str | Sequence[str] | None = None, k: int = 5) -> str:
     """Every configuration of ``chunker`` against the best baseline at its target (highest IoU@k; fixed-size left
-    out) and against ``ablation`` at that target, if the report has it: paired differences at k in percentage
-    points ± paired standard error, over every variant of ``report`` (a results .json.gz, baselines merged in)."""
+    out) and against each ``ablation`` (a chunker name or several) at that target, if the report has it: paired
+    differences at k in percentage points ± paired standard error, over every variant of ``report`` (a results
+    .json.gz, baselines merged in)."""
+    ablations = [ablation] if isinstance(ablation, str) else list(ablation or [])
     lines = [f"| variant | target | {chunker} vs | mean chars (ours / theirs) | Δ recall@{k} | Δ IoU@{k} | Δ hit@{k} |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for variant, record in report["variants"].items():
@@ -230,7 +233,7 @@ def paired_table(report: dict, chunker: str, ablation: str | None = None, k: int
             rivals = [n for n, e in entries.items() if e.get("target") == target
                       and e.get("chunker") in BASELINES and e.get("chunker") != REFERENCE]  # fmt: skip
             best = max(rivals, key=lambda n: entries[n]["metrics"][str(k)]["iou"]["mean"], default=None)
-            for other in [best, ablation and f"{ablation}@{target}"]:
+            for other in [best, *(f"{a}@{target}" for a in ablations)]:
                 if other not in entries:
                     continue
                 ours, theirs = scores_of(record, name, k), scores_of(record, other, k)
