@@ -10,9 +10,11 @@
 3. A cheap screen without embeddings picks the optimal cutter's settings: for each (layout_weight, min_fraction,
    cut_cost) the share of questions whose answer is cut in two (lower is better), at every size and variant; the
    lowest mean wins among settings whose calibrated chunk_size stays within MAX_SIZE_RATIO of the target.
-4. The chosen setting, the ablation (`model_weight=0`: layout scores only, same cutter and settings) and the greedy
-   cutter (the earlier default) are scored with MiniLM embeddings; the report merges the baselines' per-question
-   scores for paired comparisons.
+4. Scored with MiniLM embeddings: `chunk_text` with its defaults (the greedy cutter), the optimal cutter with the
+   setting chosen on the screen (`chunk_text-optimal`) and with the screen's best of all settings
+   (`chunk_text-optimal-uncapped`), and for both cutters the ablation (`-layout-only`: `model_weight=0`, layout
+   scores only, same cutter and settings); the report merges the baselines' per-question scores for paired
+   comparisons.
 
 Writes ``benchmarks/results/chunk_retrieval{.md,.png,.json.gz,_screen.md,_paired.md}`` (``--output`` prefix).
 """
@@ -34,7 +36,8 @@ BASELINES = common.RESULTS / "retrieval_squad.json.gz"
 # the settings screen's grid
 LAYOUT_WEIGHTS, MIN_FRACTIONS, CUT_COSTS = "1,2,4", "0.1,0.2,0.3,0.5", "2.5,4,5,6,7.5,10,15"
 MAX_SIZE_RATIO = 2.0  # the chosen setting's calibrated chunk_size is at most this times the target mean length
-GREEDY = {"cutter": "greedy", "layout_weight": 2.0, "min_fraction": 0.2}  # the earlier default, for comparison
+DEFAULTS = HNetChunker.__init__.__kwdefaults__
+GREEDY = {k: DEFAULTS[k] for k in ("cutter", "layout_weight", "min_fraction")}  # chunk_text's defaults
 
 
 class CachedCut:
@@ -130,25 +133,27 @@ def main(argv: list[str] | None = None) -> None:
         f"Chosen (optimal cutter): layout_weight {best_lw}, min_fraction {best_mf}, cut_cost {best_cost}: the "
         f"lowest mean among the settings whose calibrated chunk_size stays within {MAX_SIZE_RATIO:g}x the target "
         "mean length at every size (so that chunk_size remains a meaningful maximum). The last column is the "
-        "largest calibrated chunk_size / target over the cells; `greedy` is the earlier default cutter. Also "
-        f"scored with embeddings (as `chunk_text-uncapped`): the lowest mean of all, {uncapped}.",
+        "largest calibrated chunk_size / target over the cells; `greedy` is chunk_text's default cutter. Also "
+        f"scored with embeddings (as `chunk_text-optimal-uncapped`): the lowest mean of all, {uncapped}.",
     )
     common.write_report(header + lines, args.output.with_name(args.output.name + "_screen.md"))
     if args.screen_only:
         return
 
-    # --- embeddings: the chosen setting and the layout-only ablation
+    # --- embeddings: the defaults, the optimal cutter and their layout-only ablations
     from dynamic_chunker.evaluation.embeddings import DEFAULT_CACHE, CachedEmbedder
 
     embedder = CachedEmbedder("sentence-transformers/all-MiniLM-L6-v2", args.cache_dir or DEFAULT_CACHE, 64, "cpu",
                               args.threads)  # fmt: skip
     baselines = read_results(BASELINES)
     report = {"model": embedder.model_id, "k": [1, 5, 10], "variants": {}}
+    optimal = {"cutter": "optimal", **chosen}
     runs = [
-        ("chunk_text", chosen),
-        ("chunk_text-layout-only", {**chosen, "model_weight": 0.0}),
-        ("chunk_text-greedy", GREEDY),
-        *([("chunk_text-uncapped", uncapped)] if uncapped != chosen else []),
+        ("chunk_text", GREEDY),
+        ("chunk_text-layout-only", {**GREEDY, "model_weight": 0.0}),
+        ("chunk_text-optimal", optimal),
+        ("chunk_text-optimal-layout-only", {**optimal, "model_weight": 0.0}),
+        *([("chunk_text-optimal-uncapped", {"cutter": "optimal", **uncapped})] if uncapped != chosen else []),
     ]
     results = {v: {} for v in variants}
     for size, (name, options), variant in itertools.product(sizes, runs, variants):
@@ -167,13 +172,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_paired(out: Path, run: common.Run) -> None:
     header = run.header(
-        "chunk_text against the best baseline at each size, its layout-only ablation and the greedy cutter",
+        "chunk_text against the best baseline at each size, its layout-only ablation and the optimal cutter",
         "Paired differences at k = 5 over the same 4,961 questions, percentage points ± paired standard error "
         "(positive: chunk_text better). The best baseline is the one with the highest IoU@5 at that target "
         f"(fixed-size left out). From `{out.name}.json.gz`.",
     )
     report = read_results(out.with_name(out.name + ".json.gz"))
-    table = paired_table(report, "chunk_text", ["chunk_text-layout-only", "chunk_text-greedy", "chunk_text-uncapped"])
+    table = paired_table(report, "chunk_text", ["chunk_text-layout-only", "chunk_text-optimal"])
+    ablations = ["chunk_text-optimal-layout-only", "chunk_text-optimal-uncapped"]
+    optimal = paired_table(report, "chunk_text-optimal", ablations)
+    table += "\n\nThe optimal cutter (`cutter=\"optimal\"`, settings from the screen):\n\n" + optimal
     common.write_report([*header, table], out.with_name(out.name + "_paired.md"))
 
 

@@ -3,9 +3,10 @@
 Texts: ``--megabytes`` of the English corpus (``data/english``: prose and reStructuredText) and of Python source (the
 standard library of the running Python). For each: chunk_text (chunk_size 512 characters), semchunk at the size that
 gives the same mean chunk length (``evaluation.chunkers.calibrate``) and the all-MiniLM-L6-v2 embedding of
-chunk_text's chunks, in MB of text per second in this one run (best of ``--passes``; embedding: one pass). Also the
-windows check: the stage boundaries of ``--agreement-megabytes`` of English with the default window against a window
-twice as long (share of positions where they agree). Needs ``pip install -e ".[rag]"``. Writes
+chunk_text's chunks, in MB of text per second in this one run (best of ``--passes``; embedding: one pass). The
+cutter alone (optimal and greedy, from signals computed beforehand) and its share of chunk_text's time are reported
+too. Also the windows check: the stage boundaries of ``--agreement-megabytes`` of English with the default window
+against a window twice as long (share of positions where they agree). Needs ``pip install -e ".[rag]"``. Writes
 ``benchmarks/results/chunk_speed_cpu.md``.
 """
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run, size = common.Run("chunk_speed", argv), int(args.megabytes * 1e6)
     chunker = HNetChunker(chunk_size=512)
+    cutters = {kind: HNetChunker(chunker.model, 512, cutter=kind) for kind in ("optimal", "greedy")}
     embedder = SentenceTransformer(model_source("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
     rows = []
     for name, text in (("English", english_text(size)), ("Python source", python_text(size))):
@@ -62,7 +64,13 @@ def main(argv: list[str] | None = None) -> None:
         split = semchunk_chars(param)
         sem_seconds, _ = common.best_of(args.passes, lambda t=text, f=split: f(t))
         embed_seconds, _ = common.timed(lambda c=chunks: embedder.encode([x.text for x in c], batch_size=64))
-        rows.append((name, mb, len(chunks), mean, mb / seconds, sem_mean, mb / sem_seconds, mb / embed_seconds))
+        signals = chunker.signals(text.encode())
+        cut_seconds = {
+            kind: common.best_of(args.passes, lambda t=text, c=cutter, p=signals: c.cut(t, p))[0]
+            for kind, cutter in cutters.items()
+        }
+        rows.append((name, mb, len(chunks), mean, mb / seconds, sem_mean, mb / sem_seconds, mb / embed_seconds,
+                     mb / cut_seconds["optimal"], mb / cut_seconds["greedy"], cut_seconds[chunker.cutter] / seconds))
         print(rows[-1], flush=True)
     agreement = ""
     if args.agreement_megabytes > 0:
@@ -77,19 +85,21 @@ def main(argv: list[str] | None = None) -> None:
     lines = run.header(
         "chunk_text speed (CPU): the bundled model against semchunk and the embedding of the same chunks",
         f"Model: bundled `hnet_chunker_small`, layout {config.arch_layout}, widths {config.d_model}; chunk_text with "
-        f"chunk_size 512 characters, window {DEFAULT_WINDOW} + {DEFAULT_CONTEXT} bytes of context, batch "
+        f"chunk_size 512 characters ({chunker.cutter} cutter: its share of the time is the last column), window "
+        f"{DEFAULT_WINDOW} + {DEFAULT_CONTEXT} bytes of context, batch "
         f"{chunker.batch_size}, float32; semchunk at the size giving the same mean chunk length; embedding: "
         "all-MiniLM-L6-v2 (sentence-transformers, batch 64) of chunk_text's chunks. MB/s = 10^6 bytes of text per "
         f"second, best of {args.passes} passes (embedding: one pass).",
     )
     lines += [
         "| text | MB | chunks | chunk_text mean chars | chunk_text MB/s | semchunk mean chars | semchunk MB/s "
-        "| MiniLM embedding MB/s | chunk_text / embedding |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| MiniLM embedding MB/s | chunk_text / embedding | cutter MB/s (optimal / greedy) | cutter share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, mb, count, mean, rate, sem_mean, sem_rate, embed_rate in rows:
+    for name, mb, count, mean, rate, sem_mean, sem_rate, embed_rate, cut_rate, greedy_rate, share in rows:
         lines.append(f"| {name} | {mb:.2f} | {count:,} | {mean:.0f} | {rate:.4g} | {sem_mean:.0f} | {sem_rate:.4g} | "
-                     f"{embed_rate:.4g} | {rate / embed_rate:.2f} |")  # fmt: skip
+                     f"{embed_rate:.4g} | {rate / embed_rate:.2f} | {cut_rate:.3g} / {greedy_rate:.3g} | "
+                     f"{share:.1%} |")  # fmt: skip
     common.write_report([*lines, "", agreement], args.output)
 
 

@@ -57,6 +57,9 @@ SAMPLE = (
 )
 
 
+CUTTERS = st.sampled_from(["greedy", "optimal"])
+
+
 def check_chunks(text, chunks: list[Chunk], chunk_size: int | None = None):
     joined = ("" if isinstance(text, str) else b"").join(c.text for c in chunks)
     assert joined == text
@@ -76,17 +79,17 @@ def check_chunks(text, chunks: list[Chunk], chunk_size: int | None = None):
 
 # ------------------------------------------------------------------------------------------------ guarantees
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=st.text(max_size=300), chunk_size=st.integers(1, 60), layout=st.sampled_from([0.0, 1.0]))
-def test_any_text_is_chunked_losslessly_within_chunk_size(text, chunk_size, layout):
-    chunks = chunk_text(text, chunk_size, model=MODEL, layout_weight=layout)
+@given(text=st.text(max_size=300), chunk_size=st.integers(1, 60), layout=st.sampled_from([0.0, 1.0]), cutter=CUTTERS)
+def test_any_text_is_chunked_losslessly_within_chunk_size(text, chunk_size, layout, cutter):
+    chunks = chunk_text(text, chunk_size, model=MODEL, layout_weight=layout, cutter=cutter)
     check_chunks(text, chunks, chunk_size)
-    assert chunk_text(text, chunk_size, model=MODEL, layout_weight=layout) == chunks  # deterministic
+    assert chunk_text(text, chunk_size, model=MODEL, layout_weight=layout, cutter=cutter) == chunks  # deterministic
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.binary(max_size=300), chunk_size=st.integers(1, 40))
-def test_any_bytes_are_chunked_at_character_edges(data, chunk_size):
-    chunks = chunk_text(data, chunk_size, model=MODEL)
+@given(data=st.binary(max_size=300), chunk_size=st.integers(1, 40), cutter=CUTTERS)
+def test_any_bytes_are_chunked_at_character_edges(data, chunk_size, cutter):
+    chunks = chunk_text(data, chunk_size, model=MODEL, cutter=cutter)
     check_chunks(data, chunks)
     edges = set(reference_edges(data))
     for c in chunks:
@@ -124,8 +127,9 @@ def test_char_edges_match_a_decoder(data):
      "\ud800 lone surrogate"],
 )
 @pytest.mark.parametrize("chunk_size", [1, 7, 64])
-def test_special_texts(text, chunk_size):
-    chunks = chunk_text(text, chunk_size, model=MODEL)
+@pytest.mark.parametrize("cutter", ["greedy", "optimal"])
+def test_special_texts(text, chunk_size, cutter):
+    chunks = chunk_text(text, chunk_size, model=MODEL, cutter=cutter)
     check_chunks(text, chunks, chunk_size)
     assert (chunks == []) == (text == "")
 
@@ -231,7 +235,7 @@ def unit_scores(chunker, text: str) -> np.ndarray:
 def test_optimal_cutter_reaches_the_best_score_of_any_cut_set(size, min_fraction):
     # chunk_size 7: every position is a candidate, so the cutter's optimum is the optimum over all cut sets
     text = SAMPLE[:120]
-    chunker = HNetChunker(MODEL, size, min_fraction=min_fraction, cut_cost=1.5)
+    chunker = HNetChunker(MODEL, size, min_fraction=min_fraction, cutter="optimal", cut_cost=1.5)
     chunks = chunker.chunk(text)
     check_chunks(text, chunks, size)
     gain = np.rint((unit_scores(chunker, text).astype(np.float64) - 1.5) * 1024).astype(np.int64)
@@ -257,7 +261,7 @@ def test_optimal_cutter_streams_the_cuts_of_the_whole_text(monkeypatch):
     import dynamic_chunker.segmentation as seg
 
     text = (SAMPLE * 12).encode()
-    chunker = HNetChunker(MODEL, 40, window=256, context=64)
+    chunker = HNetChunker(MODEL, 40, window=256, context=64, cutter="optimal", cut_cost=2.5)
     whole = chunker.cut(text, chunker.signals(text))
     monkeypatch.setattr(seg, "BLOCK_BYTES", 256)
     assert chunker.chunk(text) == whole
@@ -270,7 +274,7 @@ def test_optimal_cutter_commits_where_best_sets_never_meet(monkeypatch):
     monkeypatch.setattr(seg, "BLOCK_BYTES", 256)
     monkeypatch.setattr(seg, "FORCE_BYTES", 600)  # one letter repeated: every cut scores the same
     text = b"a" * 5000
-    chunker = HNetChunker(MODEL, 50, window=256, context=64, model_weight=0.0)
+    chunker = HNetChunker(MODEL, 50, window=256, context=64, model_weight=0.0, cutter="optimal")
     chunks = chunker.chunk(text)
     check_chunks(text, chunks, 50)
     assert chunks == chunker.chunk(text)
@@ -281,7 +285,7 @@ def test_optimal_cutter_beats_greedy_on_its_own_objective():
     for size in (40, 90):
         totals = {}
         for cutter in ("optimal", "greedy"):
-            chunker = HNetChunker(MODEL, size, cutter=cutter, min_fraction=0.2)
+            chunker = HNetChunker(MODEL, size, cutter=cutter, min_fraction=0.2, cut_cost=2.5)
             score = unit_scores(chunker, text)
             chunks = chunker.chunk(text)
             check_chunks(text, chunks, size)
@@ -410,20 +414,22 @@ def test_freed_tensors_are_reused_without_page_faults():
     assert faults < pages // 4, faults
 
 
-def test_chunk_batch_equals_chunking_one_by_one():
-    chunker = HNetChunker(MODEL, 30, batch_size=3, window=256, context=64)
+@pytest.mark.parametrize("cutter", ["greedy", "optimal"])
+def test_chunk_batch_equals_chunking_one_by_one(cutter):
+    chunker = HNetChunker(MODEL, 30, batch_size=3, window=256, context=64, cutter=cutter)
     texts = [SAMPLE, "", "short text", SAMPLE * 5, b"bytes \xff in", "中文" * 30]
     assert chunker.chunk_batch(texts) == [chunker.chunk(t) for t in texts]
 
 
-def test_streaming_a_file_gives_the_chunks_of_the_whole(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cutter", ["greedy", "optimal"])
+def test_streaming_a_file_gives_the_chunks_of_the_whole(tmp_path, monkeypatch, cutter):
     import dynamic_chunker.segmentation as seg
 
     monkeypatch.setattr(seg, "BLOCK_BYTES", 512)  # many blocks, and chunks that span them
     data = (SAMPLE * 20).encode()
     path = tmp_path / "text.txt"
     path.write_bytes(data)
-    chunker = HNetChunker(MODEL, 100, window=256, context=64)
+    chunker = HNetChunker(MODEL, 100, window=256, context=64, cutter=cutter, cut_cost=2.5)
     streamed = list(chunker.iter_chunks(path))
     check_chunks(data, streamed, 100)
     monkeypatch.setattr(seg, "BLOCK_BYTES", 1 << 18)
