@@ -12,9 +12,10 @@
    lowest mean wins among settings whose calibrated chunk_size stays within MAX_SIZE_RATIO of the target.
 4. Scored with MiniLM embeddings: `chunk_text` with its defaults (the greedy cutter), the optimal cutter with the
    setting chosen on the screen (`chunk_text-optimal`) and with the screen's best of all settings
-   (`chunk_text-optimal-uncapped`), and for both cutters the ablation (`-layout-only`: `model_weight=0`, layout
-   scores only, same cutter and settings); the report merges the baselines' per-question scores for paired
-   comparisons.
+   (`chunk_text-optimal-uncapped`) and with the setting an earlier prototype was measured with
+   (`chunk_text-optimal-prototype`); for the defaults, the chosen and the prototype setting also the ablation
+   (`-layout-only`: `model_weight=0`, layout scores only, same cutter and settings); the report merges the
+   baselines' per-question scores for paired comparisons.
 
 Writes ``benchmarks/results/chunk_retrieval{.md,.png,.json.gz,_screen.md,_paired.md}`` (``--output`` prefix).
 """
@@ -38,6 +39,8 @@ LAYOUT_WEIGHTS, MIN_FRACTIONS, CUT_COSTS = "1,2,4", "0.1,0.2,0.3,0.5", "2.5,4,5,
 MAX_SIZE_RATIO = 2.0  # the chosen setting's calibrated chunk_size is at most this times the target mean length
 DEFAULTS = HNetChunker.__init__.__kwdefaults__
 GREEDY = {k: DEFAULTS[k] for k in ("cutter", "layout_weight", "min_fraction")}  # chunk_text's defaults
+# the setting an earlier, slow prototype of the optimal cutter was measured with (fixed beforehand, not screened)
+PROTOTYPE = {"cutter": "optimal", "layout_weight": 2.0, "min_fraction": 0.2, "cut_cost": 2.5}
 
 
 class CachedCut:
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         ("chunk_text-optimal", optimal),
         ("chunk_text-optimal-layout-only", {**optimal, "model_weight": 0.0}),
         *([("chunk_text-optimal-uncapped", {"cutter": "optimal", **uncapped})] if uncapped != chosen else []),
+        ("chunk_text-optimal-prototype", PROTOTYPE),
+        ("chunk_text-optimal-prototype-layout-only", {**PROTOTYPE, "model_weight": 0.0}),
     ]
     results = {v: {} for v in variants}
     for size, (name, options), variant in itertools.product(sizes, runs, variants):
@@ -178,10 +183,13 @@ def write_paired(out: Path, run: common.Run) -> None:
         f"(fixed-size left out). From `{out.name}.json.gz`.",
     )
     report = read_results(out.with_name(out.name + ".json.gz"))
-    table = paired_table(report, "chunk_text", ["chunk_text-layout-only", "chunk_text-optimal"])
+    table = paired_table(report, "chunk_text", ["chunk_text-layout-only", "chunk_text-optimal",
+                                                 "chunk_text-optimal-prototype"])  # fmt: skip
     ablations = ["chunk_text-optimal-layout-only", "chunk_text-optimal-uncapped"]
-    optimal = paired_table(report, "chunk_text-optimal", ablations)
-    table += "\n\nThe optimal cutter (`cutter=\"optimal\"`, settings from the screen):\n\n" + optimal
+    table += "\n\nThe optimal cutter (`cutter=\"optimal\"`), setting chosen on the screen:\n\n"
+    table += paired_table(report, "chunk_text-optimal", ablations)
+    table += f"\n\nThe optimal cutter with the prototype's setting {PROTOTYPE} (fixed beforehand, not screened):\n\n"
+    table += paired_table(report, "chunk_text-optimal-prototype", ["chunk_text-optimal-prototype-layout-only"])
     common.write_report([*header, table], out.with_name(out.name + "_paired.md"))
 
 
