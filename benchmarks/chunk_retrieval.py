@@ -122,13 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     screen = {}
     for lw, mf, cost in itertools.product(*(map(float, a.split(",")) for a in (args.layout_weights,
                                           args.min_fractions, args.cut_costs))):  # fmt: skip
-        screen[(lw, mf, cost)] = add_line({"layout_weight": lw, "min_fraction": mf, "cut_cost": cost})
+        screen[(lw, mf, cost)] = add_line({"cutter": "optimal", "layout_weight": lw, "min_fraction": mf,
+                                             "cut_cost": cost})  # fmt: skip
     within = {k: rate for k, (rate, ratio) in screen.items() if ratio <= MAX_SIZE_RATIO} or {
         k: rate for k, (rate, _) in screen.items()
     }
     best_lw, best_mf, best_cost = min(within, key=within.get)
-    chosen = {"layout_weight": best_lw, "min_fraction": best_mf, "cut_cost": best_cost}
-    uncapped = dict(zip(("layout_weight", "min_fraction", "cut_cost"), min(screen, key=lambda k: screen[k][0])))
+    chosen = {"cutter": "optimal", "layout_weight": best_lw, "min_fraction": best_mf, "cut_cost": best_cost}
+    uncapped = {"cutter": "optimal", **dict(zip(("layout_weight", "min_fraction", "cut_cost"),
+                                                min(screen, key=lambda k: screen[k][0])))}  # fmt: skip
     add_line({**chosen, "model_weight": 0.0})
     title = "chunk_text settings screen: % of SQuAD answers cut in two (lower is better), at matched mean lengths"
     header = run.header(
@@ -150,13 +152,12 @@ def main(argv: list[str] | None = None) -> None:
                               args.threads)  # fmt: skip
     baselines = read_results(BASELINES)
     report = {"model": embedder.model_id, "k": [1, 5, 10], "variants": {}}
-    optimal = {"cutter": "optimal", **chosen}
     runs = [
         ("chunk_text", GREEDY),
         ("chunk_text-layout-only", {**GREEDY, "model_weight": 0.0}),
-        ("chunk_text-optimal", optimal),
-        ("chunk_text-optimal-layout-only", {**optimal, "model_weight": 0.0}),
-        *([("chunk_text-optimal-uncapped", {"cutter": "optimal", **uncapped})] if uncapped != chosen else []),
+        ("chunk_text-optimal", chosen),
+        ("chunk_text-optimal-layout-only", {**chosen, "model_weight": 0.0}),
+        *([("chunk_text-optimal-uncapped", uncapped)] if uncapped != chosen else []),
         ("chunk_text-optimal-prototype", PROTOTYPE),
         ("chunk_text-optimal-prototype-layout-only", {**PROTOTYPE, "model_weight": 0.0}),
     ]
