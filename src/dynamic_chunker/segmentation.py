@@ -4,7 +4,9 @@
 choosing each cut among the positions the model marks as chunk starts, strongest first: a position where a deeper
 stage also fired beats one where only stage 0 fired, and within a stage the higher boundary probability wins. Where a
 span holds no boundary the cut falls back to weaker (sub-threshold) positions and finally to any character edge.
-``level=s`` returns stage ``s``'s learned units as they are.
+``level=s`` returns stage ``s``'s learned units as they are. Two cutters: ``"greedy"`` (default) picks each cut in
+turn, the strongest in reach of the chunk's start; ``"optimal"`` picks all cuts at once (the best cut set, by
+dynamic programming; see :func:`optimal_paths` and :meth:`_Cutter._optimal`).
 
 The model is read only through ``model.boundaries`` (encoders and routers; no decoders, no logits). Texts of any length
 are processed in windows of ``window`` bytes, each with ``context`` bytes of left context that is run through the
