@@ -88,6 +88,10 @@ def test_hnet_chunk_jsonl(model_dir, tmp_path, capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert "".join(r["text"] for r in records) == SAMPLE
     assert all(SAMPLE[r["start_index"] : r["end_index"]] == r["text"] and len(r["text"]) <= 40 for r in records)
+    args = ["chunk", str(source), "--model", str(model_dir), "--chunk-size", "40", "--format", "jsonl"]
+    assert main([*args, "--cutter", "optimal", "--cut-cost", "2"]) == 0
+    optimal = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "".join(r["text"] for r in optimal) == SAMPLE and all(len(r["text"]) <= 40 for r in optimal)
 
 
 def test_hnet_chunk_text_html_and_stream(model_dir, tmp_path, capsys):

@@ -601,7 +601,7 @@ def add_chunk_parser(sub) -> None:
             tokenizer = Tokenizer.from_file(args.tokenizer)
         chunker = HNetChunker(
             args.model, args.chunk_size, level=args.level, tokenizer=tokenizer, device=args.device,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size, cutter=args.cutter, **({"cut_cost": args.cut_cost} if args.cut_cost else {}),
         )
         if args.stream:
             require(args.file != "-" and args.format != "html", "--stream reads a named file and writes text or jsonl")
@@ -653,6 +653,10 @@ def add_chunk_parser(sub) -> None:
     p.add_argument("--out", help="write here instead of standard output")
     p.add_argument("--model", help="model folder, checkpoint file or Hub id (default: the bundled model)")
     p.add_argument("--tokenizer", help="Hugging Face tokenizer JSON file: --chunk-size counts its tokens")
+    p.add_argument("--cutter", choices=["greedy", "optimal"], default="greedy", help="greedy (default): each cut in "
+                   "turn, the strongest boundary in reach; optimal: all cuts at once, the best cut set (see README)")
+    p.add_argument("--cut-cost", type=float, help="price of a cut for --cutter optimal (default 10; lower: more, "
+                   "shorter chunks at the strongest boundaries)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, help="windows of 8192 bytes per model call (default: 1 on CPU, 8 on "
                    "other devices)")
