@@ -257,11 +257,12 @@ def test_optimal_cutter_reaches_the_best_score_of_any_cut_set(size, min_fraction
         assert ours >= best[n] - 2 * 1024 * len(chunks)
 
 
-def test_optimal_cutter_streams_the_cuts_of_the_whole_text(monkeypatch):
+@pytest.mark.parametrize("size, cost", [(40, 2.5), (150, 0.0)])  # cost 0: every position is a candidate
+def test_optimal_cutter_streams_the_cuts_of_the_whole_text(monkeypatch, size, cost):
     import dynamic_chunker.segmentation as seg
 
     text = (SAMPLE * 12).encode()
-    chunker = HNetChunker(MODEL, 40, window=256, context=64, cutter="optimal", cut_cost=2.5)
+    chunker = HNetChunker(MODEL, size, window=256, context=64, cutter="optimal", cut_cost=cost)
     whole = chunker.cut(text, chunker.signals(text))
     monkeypatch.setattr(seg, "BLOCK_BYTES", 256)
     assert chunker.chunk(text) == whole

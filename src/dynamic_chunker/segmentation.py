@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import heapq
 import math
 import sys
 from collections import deque
@@ -653,10 +654,14 @@ class _Cutter:
             anchor = len(nodes) - 1
         else:
             frontier = set(np.flatnonzero(offsets >= horizon - size).tolist()) | {len(nodes) - 1}
+            latest_first = [-k for k in frontier]
+            heapq.heapify(latest_first)
             while len(frontier) > 1:  # walk the latest node back until all best sets meet
-                latest = max(frontier)
+                latest = -heapq.heappop(latest_first)
                 frontier.remove(latest)
-                frontier.add(parent[latest])
+                if parent[latest] not in frontier:
+                    frontier.add(parent[latest])
+                    heapq.heappush(latest_first, -parent[latest])
             anchor = frontier.pop()
             if unit_bytes[n] - unit_bytes[nodes[anchor]] > FORCE_BYTES:
                 ends = np.flatnonzero(offsets >= horizon - size)
