@@ -67,7 +67,7 @@ CLAUSE_ENDERS = b",;:"
 # FALLBACK_BLOCKS characters (so every reach of chunk_size holds one); below MIN_BLOCK every position. Considering
 # every position instead ran 4-5x slower and scored the same on retrieval at cut_cost 2.5 (within 0.1 recall@5,
 # 0.01 IoU@5, all sizes and variants); at cut_cost 10 the candidates cut fewer SQuAD answers in two (0.8% against
-# 1.2% at 300 characters on flat), as the best of each block avoids weak forced cuts.
+# 1.2% at 300 characters on flat).
 SCORE_SCALE = 1024
 SHORT_PENALTY = 1 << 62
 FALLBACK_BLOCKS = 4
