@@ -190,7 +190,10 @@ def write_paired(out: Path, run: common.Run) -> None:
     table += "\n\nThe optimal cutter (`cutter=\"optimal\"`), setting chosen on the screen:\n\n"
     table += paired_table(report, "chunk_text-optimal", ablations)
     table += f"\n\nThe optimal cutter with the prototype's setting {PROTOTYPE} (fixed beforehand, not screened):\n\n"
-    table += paired_table(report, "chunk_text-optimal-prototype", ["chunk_text-optimal-prototype-layout-only"])
+    table += paired_table(report, "chunk_text-optimal-prototype", ["chunk_text-optimal-prototype-layout-only",
+                                                                   "chunk_text"])  # fmt: skip
+    table += "\n\nIts layout-only ablation (the same cutter on layout scores alone) against the best baseline:\n\n"
+    table += paired_table(report, "chunk_text-optimal-prototype-layout-only")
     common.write_report([*header, table], out.with_name(out.name + "_paired.md"))
 
 
