@@ -114,6 +114,15 @@ def test_hnet_chunk_errors_are_one_line(model_dir, tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("hnet chunk: error:") for line in err)
 
 
+def test_hnet_chunk_compile_without_a_compiler_says_what_to_install(model_dir, tmp_path, capsys, monkeypatch):
+    source = tmp_path / "in.txt"
+    source.write_text(SAMPLE, encoding="utf-8")
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert main(["chunk", str(source), "--model", str(model_dir), "--compile"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hnet chunk: error:") and "C++ compiler" in err and "\n" not in err
+
+
 # ------------------------------------------------------------------------------------------------ LangChain
 def test_langchain_splitter_gives_exact_start_indices():
     from dynamic_chunker.langchain import HNetTextSplitter

@@ -20,11 +20,13 @@ from dynamic_chunker.segmentation import (
     Chunk,
     HNetChunker,
     boundary_signals,
+    bucket_length,
     char_edges,
     chunk_text,
     keep_freed_memory,
     layout_scores,
     optimal_paths,
+    row_probs,
     token_counter,
 )
 
@@ -389,6 +391,43 @@ def test_windows_one_at_a_time_by_default_on_cpu_give_the_batched_signals():
     np.testing.assert_allclose(one, batched, rtol=0, atol=1e-5)
 
 
+def test_padding_rows_and_length_leaves_the_real_bytes_unchanged():
+    rows = [SAMPLE.encode()[:150], SAMPLE.encode()[40:100]]
+    plain = row_probs(MODEL, rows)
+    padded = row_probs(MODEL, rows, min_rows=4, longest=512)
+    assert padded.shape == (plain.shape[0], 4, 512)
+    assert np.array_equal(padded[:, :2, : plain.shape[2]], plain)
+    assert not padded[:, :, 150:].any() and not padded[:, 1, 60:].any()
+
+
+def test_bucket_lengths_are_few_and_hold_the_rows():
+    assert [bucket_length(n, 9216) for n in (1, 512, 513, 3000, 8192, 8193, 9216)] == [
+        512, 512, 1024, 4096, 8192, 9216, 9216]  # fmt: skip
+    assert bucket_length(100, 300) == 300 and bucket_length(700, 600) == 700
+    assert len({bucket_length(n, 9216) for n in range(1, 9217)}) == 6
+
+
+@pytest.mark.slow
+def test_compiled_chunker_gives_the_eager_signals_and_chunks():
+    import copy
+
+    model = copy.deepcopy(MODEL)  # compiled in place: MODEL stays eager for the other tests
+    eager = HNetChunker(MODEL, 40, window=256, context=64, batch_size=2)
+    compiled = HNetChunker(model, 40, window=256, context=64, batch_size=2, compile=True)
+    assert model.backbone.encoder._compiled_call_impl is not None
+    text = SAMPLE * 4  # several windows, the last one short
+    data = text.encode()
+    np.testing.assert_allclose(compiled.signals(data), eager.signals(data), atol=1e-5)
+
+    def same(a: list[Chunk], b: list[Chunk]) -> bool:  # scores (probabilities) to float32 rounding
+        return [c.text for c in a] == [c.text for c in b] and [c.level for c in a] == [c.level for c in b] and \
+            np.allclose([c.score for c in a], [c.score for c in b], atol=1e-5)
+
+    assert same(compiled.chunk(text), eager.chunk(text))
+    texts = [SAMPLE[:30], SAMPLE, SAMPLE[5:200]]
+    assert all(map(same, compiled.chunk_batch(texts), eager.chunk_batch(texts)))
+
+
 def test_malloc_tuning_is_applied_on_cpu_unless_switched_off(monkeypatch):
     import dynamic_chunker.segmentation as segmentation
 
@@ -459,7 +498,7 @@ class SpaceRouter(torch.nn.Module):
 def test_streaming_memory_does_not_grow_with_the_file(tmp_path, monkeypatch, one_thread):
     from dynamic_chunker import segmentation as seg
 
-    monkeypatch.setattr(seg, "load_chunking_model", lambda model, device: model)
+    monkeypatch.setattr(seg, "load_chunking_model", lambda model, device, compile: model)
     monkeypatch.setattr(seg, "BLOCK_BYTES", 1 << 16)
     chunker = HNetChunker(SpaceRouter(), 200)
     peaks = []
