@@ -2,12 +2,12 @@
 
 Texts: ``--megabytes`` of the English corpus (``data/english``: prose and reStructuredText) and of Python source (the
 standard library of the running Python). For each: chunk_text (chunk_size 512 characters), semchunk at the size that
-gives the same mean chunk length (``evaluation.chunkers.calibrate``) and the all-MiniLM-L6-v2 embedding of
-chunk_text's chunks, in MB of text per second in this one run (best of ``--passes``; embedding: one pass). The
-cutter alone (optimal and greedy, from signals computed beforehand) and its share of chunk_text's time are reported
-too. Also the windows check: the stage boundaries of ``--agreement-megabytes`` of English with the default window
-against a window twice as long (share of positions where they agree). Needs ``pip install -e ".[rag]"``. Writes
-``benchmarks/results/chunk_speed_cpu.md``.
+gives the same mean chunk length (``evaluation.chunkers.calibrate``) and the all-MiniLM-L6-v2 embedding of chunk_text's
+chunks, in MB of text per second in this one run (best of ``--passes``; embedding: one pass); chunk_text also with
+``compile=True`` (the one-off compile timed apart). The cutter alone (optimal and greedy, from signals computed
+beforehand) and its share of chunk_text's time are reported too. Also the windows check: the stage boundaries of
+``--agreement-megabytes`` of English with the default window against a window twice as long (share of positions where
+they agree). Needs ``pip install -e ".[rag]"``. Writes ``benchmarks/results/chunk_speed_cpu.md``.
 """
 
 from __future__ import annotations
@@ -53,12 +53,16 @@ def main(argv: list[str] | None = None) -> None:
 
     run, size = common.Run("chunk_speed", argv), int(args.megabytes * 1e6)
     chunker = HNetChunker(chunk_size=512)
+    compile_seconds, compiled = common.timed(lambda: HNetChunker(chunk_size=512, compile=True))
+    compile_seconds += common.timed(lambda: compiled.chunk(english_text(3 * DEFAULT_WINDOW)))[0]  # compiles here
     cutters = {kind: HNetChunker(chunker.model, 512, cutter=kind) for kind in ("optimal", "greedy")}
     embedder = SentenceTransformer(model_source("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
     rows = []
     for name, text in (("English", english_text(size)), ("Python source", python_text(size))):
         mb = len(text.encode()) / 1e6
         seconds, chunks = common.best_of(args.passes, lambda t=text: chunker.chunk(t))
+        compiled_seconds, compiled_chunks = common.best_of(args.passes, lambda t=text: compiled.chunk(t))
+        assert [c.text for c in compiled_chunks] == [c.text for c in chunks], "compiled and eager chunks differ"
         mean = float(np.mean([len(c.text) for c in chunks]))
         param, sem_mean = calibrate(semchunk_chars, [text], mean)
         split = semchunk_chars(param)
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
             kind: common.best_of(args.passes, lambda t=text, c=cutter, p=signals: c.cut(t, p))[0]
             for kind, cutter in cutters.items()
         }
-        rows.append((name, mb, len(chunks), mean, mb / seconds, sem_mean, mb / sem_seconds, mb / embed_seconds,
+        rows.append((name, mb, len(chunks), mean, mb / seconds, mb / compiled_seconds, sem_mean, mb / sem_seconds,
+                     mb / embed_seconds,
                      mb / cut_seconds["optimal"], mb / cut_seconds["greedy"], cut_seconds[chunker.cutter] / seconds))
         print(rows[-1], flush=True)
     agreement = ""
@@ -89,15 +94,19 @@ def main(argv: list[str] | None = None) -> None:
         f"{DEFAULT_WINDOW} + {DEFAULT_CONTEXT} bytes of context, batch "
         f"{chunker.batch_size}, float32; semchunk at the size giving the same mean chunk length; embedding: "
         "all-MiniLM-L6-v2 (sentence-transformers, batch 64) of chunk_text's chunks. MB/s = 10^6 bytes of text per "
-        f"second, best of {args.passes} passes (embedding: one pass).",
+        f"second, best of {args.passes} passes (embedding: one pass). `compiled`: the same with "
+        f"`HNetChunker(compile=True)` (same chunks, checked), after a one-off compile of {compile_seconds:.0f} s "
+        "(warm-up included; less when torch's compile cache already holds the graphs).",
     )
     lines += [
-        "| text | MB | chunks | chunk_text mean chars | chunk_text MB/s | semchunk mean chars | semchunk MB/s "
-        "| MiniLM embedding MB/s | chunk_text / embedding | cutter MB/s (optimal / greedy) | cutter share |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| text | MB | chunks | chunk_text mean chars | chunk_text MB/s | compiled MB/s | semchunk mean chars "
+        "| semchunk MB/s | MiniLM embedding MB/s | chunk_text / embedding | cutter MB/s (optimal / greedy) "
+        "| cutter share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, mb, count, mean, rate, sem_mean, sem_rate, embed_rate, cut_rate, greedy_rate, share in rows:
-        lines.append(f"| {name} | {mb:.2f} | {count:,} | {mean:.0f} | {rate:.4g} | {sem_mean:.0f} | {sem_rate:.4g} | "
+    for name, mb, count, mean, rate, fast, sem_mean, sem_rate, embed_rate, cut_rate, greedy_rate, share in rows:
+        lines.append(f"| {name} | {mb:.2f} | {count:,} | {mean:.0f} | {rate:.4g} | {fast:.4g} | {sem_mean:.0f} | "
+                     f"{sem_rate:.4g} | "
                      f"{embed_rate:.4g} | {rate / embed_rate:.2f} | {cut_rate:.3g} / {greedy_rate:.3g} | "
                      f"{share:.1%} |")  # fmt: skip
     common.write_report([*lines, "", agreement], args.output)
