@@ -320,6 +320,11 @@ def test_layout_scores():
     expected[text.index(b"\n\n") + 1] = NEWLINE  # between the two line breaks of a blank line
     expected[text.index(b"\r\n\r\n") + 2] = NEWLINE  # after the first \r\n
     np.testing.assert_array_equal(score, expected)
+    wide = "中文，句子；结尾：好。完".encode()
+    expected = np.zeros(len(wide), dtype=np.float32)
+    for after, value in (("，", CLAUSE_END), ("；", CLAUSE_END), ("：", CLAUSE_END), ("。", SENTENCE_END)):
+        expected[wide.index(after.encode()) + 3] = value
+    np.testing.assert_array_equal(layout_scores(wide), expected)
     # context: the bytes before a block count
     np.testing.assert_array_equal(layout_scores(b"Next", context=b"end.\n\n"), [BLANK_LINE, 0, 0, 0])
 

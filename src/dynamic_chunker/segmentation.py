@@ -61,6 +61,7 @@ BLOCK_BYTES = 1 << 18  # bytes processed at a time (a whole number of windows): 
 # but where one must be split it halves the SQuAD answers cut in two at 128 characters; chunk_retrieval_screen.md).
 BLANK_LINE, SENTENCE_END, NEWLINE, CLAUSE_END = 3.0, 2.0, 1.0, 0.5
 CLAUSE_ENDERS = b",;:"
+WIDE_CLAUSE_ENDERS = tuple(c.encode() for c in "，；：")  # full-width (Chinese, Japanese): no whitespace follows
 # The optimal cutter (cutter="optimal"): gains are scores scaled by SCORE_SCALE and rounded, so that sums are exact
 # integers (the streamed and the whole-text optimum then agree to the last tie); a chunk shorter than the minimum costs
 # SHORT_PENALTY, more than any sum of gains, so it is chosen only where no cut set avoids it. Positions considered:
@@ -234,7 +235,7 @@ def char_edges(data: bytes, strict: bool) -> np.ndarray:
 def layout_scores(data: bytes, context: bytes = b"") -> np.ndarray:
     """(len(data),) float32: how strongly the layout suggests a cut before each byte: BLANK_LINE after a blank line,
     SENTENCE_END after a sentence end (. ! ? then whitespace, or 。！？), NEWLINE after another line break, CLAUSE_END
-    after clause punctuation (, ; : then whitespace), else 0.
+    after clause punctuation (, ; : then whitespace, or ，；：), else 0.
     ``context`` is the text before ``data`` (its last few bytes are looked at)."""
     tail = context[-8:]
     b = np.frombuffer(tail + data, dtype=np.uint8)
@@ -251,11 +252,16 @@ def layout_scores(data: bytes, context: bytes = b"") -> np.ndarray:
     score = np.zeros(n, dtype=np.float32)
     ascii_end = np.isin(prev2, np.frombuffer(b".!?", np.uint8)) & space
     clause_end = np.isin(prev2, np.frombuffer(CLAUSE_ENDERS, np.uint8)) & space
-    wide_end = np.zeros(n, dtype=bool)
-    for ender in SENTENCE_ENDERS[3:]:
-        e = np.frombuffer(ender, np.uint8)
-        wide_end |= (before(3) == e[0]) & (prev2 == e[1]) & (prev == e[2])
-    score[clause_end] = CLAUSE_END
+
+    def after_any(enders: tuple[bytes, ...]) -> np.ndarray:  # right after one of these 3-byte characters
+        found = np.zeros(n, dtype=bool)
+        for ender in enders:
+            e = np.frombuffer(ender, np.uint8)
+            found |= (before(3) == e[0]) & (prev2 == e[1]) & (prev == e[2])
+        return found
+
+    wide_end = after_any(SENTENCE_ENDERS[3:])
+    score[clause_end | after_any(WIDE_CLAUSE_ENDERS)] = CLAUSE_END
     score[prev == 0x0A] = NEWLINE
     score[ascii_end | wide_end] = SENTENCE_END
     score[(prev == 0x0A) & ((prev2 == 0x0A) | ((prev2 == 0x0D) & (before(3) == 0x0A)))] = BLANK_LINE
