@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from . import fused, kernels
 from .cache import MambaCache, valid_lengths
 from .norm import GatedRMSNorm
 from .precision import compute_dtype
@@ -161,30 +161,9 @@ def _chunked_scan(x, log_decay, B, C, chunk_size, initial_state, resets):
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, starts: torch.Tensor | None):
     """Causal depthwise conv over (b, l, c) with kernel (c, 1, K); inputs from earlier documents count as zeros.
-
-    Without document starts and with gradients to compute, F.conv1d (its backward is the fastest); otherwise a sum
-    of K shifted products, which reads x in place (no transposed copy) and on CPU runs faster than F.conv1d's
-    depthwise kernel.
-    """
+    (Training takes :func:`fused.conv_silu`, the same arithmetic with a backward.)"""
     K = weight.shape[-1]
-    if starts is None and torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias)):
-        out = F.conv1d(x.transpose(1, 2), weight, bias, padding=K - 1, groups=x.shape[-1])
-        return out[..., : x.shape[1]].transpose(1, 2)
-    w = weight[:, 0, :]  # w[:, K-1] multiplies the current position
-    l = x.shape[1]
-    if starts is None:
-        out = torch.addcmul(bias, x, w[:, K - 1])
-        for k in range(1, min(K, l)):  # loop over the kernel taps, not over positions
-            out[:, k:].addcmul_(x[:, : l - k], w[:, K - 1 - k])
-        return out
-    out = bias + x * w[:, K - 1]
-    same_doc = torch.ones_like(starts, dtype=x.dtype)
-    for k in range(1, K):
-        start_k = F.pad(starts.to(x.dtype), (k - 1, 0))[:, :l]  # starts[t - k + 1]
-        same_doc = same_doc * (1 - start_k)  # no document start in (t - k, t]
-        shifted = F.pad(x, (0, 0, k, 0))[:, :l]
-        out = out + shifted * w[:, K - 1 - k] * same_doc[..., None]
-    return out
+    return fused.causal_conv(x, weight[:, 0, :], bias, fused.keep_masks(starts, K, x.dtype))
 
 
 class Mamba2(nn.Module):
@@ -235,9 +214,10 @@ class Mamba2(nn.Module):
         if cache is not None:
             self._prefill_conv(xBC, valid_lengths(segments, b, l, u.device), cache)
         convolved = kernels.conv_silu(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts)
-        if convolved is None:
-            convolved = causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts)
-            convolved = F.silu(convolved, inplace=not torch.is_grad_enabled())  # in place: no autograd needs the input
+        if convolved is None and torch.is_grad_enabled():
+            convolved = fused.conv_silu(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts)
+        elif convolved is None:
+            convolved = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts), True)
         x, B, C = torch.split(convolved, [self.d_inner, self.d_state, self.d_state], dim=-1)
         fp = compute_dtype(u.dtype)
         dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
