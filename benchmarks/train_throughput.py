@@ -13,8 +13,9 @@ Every measurement runs in a fresh process (its peak memory is its own) and is on
   of ``--lengths`` bytes of packed documents of ``--text``, cycling over ``--windows`` windows; the trainer's objective,
   backward and AdamW; ``--steps`` timed steps after ``--warmup``; peak RSS of the steps minus the RSS before them.
 
-Each model is crossed with ``--precisions`` (fp32, bf16 autocast), ``--compile`` (off, on: ``model.compile()``; for a
-YAML the ``train.compile`` option, where the commit has it) and ``--checkpointing`` (off, on: every stage recomputed
+Each model is crossed with ``--precisions`` (fp32, bf16 autocast), ``--compile`` (off, on: ``model.compile_blocks()``,
+the trainer's compiled Mamba-2 blocks; for a YAML ``train.compile=true`` where the commit has it, while off leaves the
+config's default, which for runs this short is off) and ``--checkpointing`` (off, on: every stage recomputed
 in the backward pass). "vs base": bytes/s and peak memory against the first row of the same model and length, or with
 ``--baseline NAME`` against that model's row of the same length and settings. MFU = training FLOPs per byte (paper
 App. B at the realised compression, 3 x forward) x bytes/s / the ``torch.mm`` rate of the row's precision, measured in
@@ -65,7 +66,7 @@ def measure(spec: dict) -> dict:
     model.set_gradient_checkpointing(spec["checkpointing"])
     if spec["compile"]:
         torch._dynamo.reset()
-        model.compile()
+        model.compile_blocks()
     exact, before = common.reset_peak(spec["device"]), common.peak_bytes(spec["device"]) * (spec["device"] == "cpu")
     bf16 = spec["precision"] == "bf16"
     with kernels.use_kernels(spec["kernels"] == "on"):  # kernel calls are counted after the warm-up

@@ -6,6 +6,8 @@ from torch.func import functional_call
 
 import dynamic_chunker.model as model_module
 from dynamic_chunker import HNetConfig, HNetForCausalLM
+from dynamic_chunker.layers.mamba2 import Mamba2
+from dynamic_chunker.layers.stack import COMPILE_BUCKET, Block
 
 LAYOUTS = {
     1: ["m1T1t1"],
@@ -339,6 +341,49 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(packed):
     ]
     with pytest.raises(ValueError, match="stages must be in 0..2"):
         model.set_gradient_checkpointing(True, stages=[3])
+
+
+def loss_and_grads(model, ids, docs):
+    model.zero_grad(set_to_none=True)
+    out = model(ids, document_ids=docs)
+    loss = out.logits.logsumexp(-1).mean() + sum(model.ratio_losses(out, [2.0] * (model.config.num_stages - 1)))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_length_buckets_of_compiled_blocks_change_no_loss_or_gradient():
+    """The right padding to a length bucket (what compiled blocks see), here without the compiler."""
+    model = tiny_model(3, seed=8)
+    ids, docs = random_bytes(70, seed=9, batch=2), (torch.arange(70) >= 23).long().expand(2, 70)
+    loss, grads = loss_and_grads(model, ids, docs)
+    blocks = [m for m in model.modules() if isinstance(m, Block) and isinstance(m.mixer, Mamba2)]
+    seen = []
+    for block in blocks:
+        block.compiled = lambda residual, segments, dtype, block=block: seen.append(residual.shape[1]) or (
+            block.uncompiled_forward(residual, segments, dtype)
+        )
+    bucketed_loss, bucketed = loss_and_grads(model, ids, docs)
+    assert seen and all(length % COMPILE_BUCKET == 0 for length in seen)
+    torch.testing.assert_close(bucketed_loss, loss, rtol=1e-6, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(bucketed[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    with torch.no_grad():  # evaluation and generation stay eager
+        seen.clear()
+        model(ids)
+        assert not seen
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_same_loss_and_gradients(one_thread):
+    model = tiny_model(2, seed=8)  # three Mamba-2 blocks of two widths: a few minutes of compiling on 2 cores
+    ids, docs = random_bytes(70, seed=9, batch=2), (torch.arange(70) >= 23).long().expand(2, 70)
+    loss, grads = loss_and_grads(model, ids, docs)
+    assert model.compile_blocks() == sum(isinstance(m, Mamba2) for m in model.modules())
+    compiled_loss, compiled = loss_and_grads(model, ids, docs)
+    torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-5)
+    assert compiled.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(compiled[name], grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_bf16_autocast_training_step_is_close_to_float32():

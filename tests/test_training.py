@@ -24,7 +24,7 @@ from dynamic_chunker.training.distributed import Runtime
 from dynamic_chunker.training.logs import read_csv
 from dynamic_chunker.training.objective import IGNORE, split_batch
 from dynamic_chunker.training.schedule import wsd_factor
-from dynamic_chunker.training.trainer import Trainer
+from dynamic_chunker.training.trainer import COMPILE_AUTO_MIN_STEPS, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -365,6 +365,28 @@ def test_bf16_autocast_trains(tmp_path, corpus):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay float32
     fp32 = Trainer(config_from_dict(tiny_config(corpus, tmp_path / "fp32")), Runtime())
     assert fp32.compute_dtype == torch.float32  # auto on a CPU
+
+
+def test_compile_setting_and_when_auto_compiles(tmp_path, corpus, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(HNetForCausalLM, "compile_blocks", lambda model: calls.append(model) or 4)
+    with pytest.raises(TypeError, match="train.compile must be true/false or .auto."):
+        config_from_dict(tiny_config(corpus, tmp_path / "bad", train={"compile": "yes"}))
+
+    def compiles(**train) -> bool:
+        calls.clear()
+        Trainer(config_from_dict(tiny_config(corpus, tmp_path / "run", train=train)), Runtime())
+        return bool(calls)
+
+    assert not compiles()  # auto, 6 steps: too short to repay compiling
+    assert compiles(steps=COMPILE_AUTO_MIN_STEPS)
+    assert not compiles(steps=COMPILE_AUTO_MIN_STEPS, max_minutes=1)
+    assert not compiles(steps=COMPILE_AUTO_MIN_STEPS, gradient_checkpointing=True)
+    assert not compiles(steps=COMPILE_AUTO_MIN_STEPS, compile=False)
+    assert compiles(compile=True)
+    config = config_from_dict(tiny_config(corpus, tmp_path / "log", train={"steps": 1, "compile": True}))
+    train(config, progress=False)
+    assert "torch.compile (4 Mamba-2 blocks): first step" in capsys.readouterr().out
 
 
 WARM_2STAGE = {"stages": [{"target": "words", "until": 0.8}, {"target": "bpe", "weight": 0.5, "until": 0.8}]}

@@ -23,9 +23,10 @@ from .chunking import (
 )
 from .config import HNetConfig
 from .inference import InferenceCache, StageCache, StepOutput
+from .layers.mamba2 import Mamba2
 from .layers.precision import compute_dtype, upcast
 from .layers.segments import Segments
-from .layers.stack import Isotropic
+from .layers.stack import Block, Isotropic
 
 
 class HNet(nn.Module):
@@ -329,6 +330,14 @@ class HNetForCausalLM(nn.Module):
             raise ValueError(f"stages must be in 0..{self.config.num_stages - 1}, got {unknown}")
         for stage, stack in self.backbone.stacks():
             stack.gradient_checkpointing = enabled and stage in stages
+
+    def compile_blocks(self) -> int:
+        """torch.compile the training forward of every block with a Mamba-2 mixer (static shapes, lengths padded to
+        a bucket: see ``Block.compile_bucketed``); evaluation and generation stay eager. Returns how many blocks."""
+        blocks = [m for m in self.modules() if isinstance(m, Block) and isinstance(m.mixer, Mamba2)]
+        for block in blocks:
+            block.compile_bucketed()
+        return len(blocks)
 
     def ratio_losses(self, output: HNetOutput, targets: list[float]) -> list[torch.Tensor]:
         """One ratio loss per chunking stage (outermost first) with target bytes-per-chunk N per stage."""

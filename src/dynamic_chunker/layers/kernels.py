@@ -87,6 +87,8 @@ def kernels_enabled() -> bool:
 
 def applies(name: str, *tensors: torch.Tensor) -> bool:
     """Whether the kernel ``name`` (a key of SUPPORTED_DTYPES) is on, importable and takes these tensors."""
+    if not _enabled or torch.compiler.is_compiling():  # compiled regions take the pure path (no graph break)
+        return False
     kernel = {"ssd_scan": available().ssd_scan, "conv_silu": available().conv1d, "attention": available().attention}
     return (
         _enabled

@@ -217,7 +217,8 @@ class Mamba2(nn.Module):
         if convolved is None and torch.is_grad_enabled():
             convolved = fused.conv_silu(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts)
         elif convolved is None:
-            convolved = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts), True)
+            convolved = causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts)
+            convolved = F.silu(convolved, inplace=not torch.is_grad_enabled())  # in place: no autograd needs the input
         x, B, C = torch.split(convolved, [self.d_inner, self.d_state, self.d_state], dim=-1)
         fp = compute_dtype(u.dtype)
         dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)

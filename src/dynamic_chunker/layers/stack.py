@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -12,6 +13,12 @@ from .mlp import SwiGLU
 from .norm import RMSNorm
 from .precision import upcast
 from .segments import Segments
+
+# Lengths a compiled block sees are padded to a multiple of this (the CPU scan's tile, which the scan pads to anyway),
+# so that the data-dependent lengths of chunked stages compile a few times rather than at every new length.
+COMPILE_BUCKET = 64
+# torch.compile keeps compiled code per block and length bucket; its default limit (8) would fall back to eager
+COMPILE_CACHE_LIMIT = 256
 
 
 class Block(nn.Module):
@@ -26,8 +33,29 @@ class Block(nn.Module):
             self.mlp = SwiGLU(d_model, mlp_width, device=device, dtype=dtype)
         else:
             self.norm2 = self.mlp = None
+        self.compiled = None  # see compile_bucketed
+
+    def compile_bucketed(self) -> None:
+        """Run training forwards (gradients on, no cache) through torch.compile with static shapes, the length padded
+        on the right to a multiple of COMPILE_BUCKET: every mixer is causal, so the padding changes no valid output."""
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, COMPILE_CACHE_LIMIT)
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, COMPILE_CACHE_LIMIT)
+        self.compiled = torch.compile(self.uncompiled_forward, dynamic=False)
 
     def forward(self, residual: torch.Tensor, segments: Segments, dtype: torch.dtype, cache=None) -> torch.Tensor:
+        if self.compiled is None or cache is not None or not torch.is_grad_enabled():
+            return self.uncompiled_forward(residual, segments, dtype, cache)
+        length = residual.shape[1]
+        pad = -length % COMPILE_BUCKET
+        if pad:
+            residual = F.pad(residual, (0, 0, 0, pad))
+            segments = Segments(*(None if t is None else F.pad(t, (0, pad)) for t in (segments.mask, segments.starts)))
+        return self.compiled(residual, segments, dtype)[:, :length]
+
+    def uncompiled_forward(
+        self, residual: torch.Tensor, segments: Segments, dtype: torch.dtype, cache=None
+    ) -> torch.Tensor:
         residual = residual + self.mixer(self.norm1(residual, dtype), segments, cache).to(residual.dtype)
         if self.mlp is not None:
             residual = residual + self.mlp(self.norm2(residual, dtype)).to(residual.dtype)

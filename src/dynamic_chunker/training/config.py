@@ -74,6 +74,9 @@ class TrainSection:
     # recompute each layer in the backward pass instead of storing activations (long sequences, small GPUs):
     # false, true (every stage) or a list of stage indices (0 = outermost)
     gradient_checkpointing: bool | list[int] = False
+    # torch.compile of the blocks with a Mamba-2 mixer (lengths padded to buckets, see HNetForCausalLM.compile_blocks):
+    # true, false, or auto = where it measured faster (benchmarks/results/train_speed_cpu.md)
+    compile: bool | Literal["auto"] = "auto"
 
 
 WARM_START_TARGETS = ("after_whitespace", "words", "bpe", "none")  # see evaluation/targets.py

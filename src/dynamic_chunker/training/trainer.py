@@ -34,7 +34,7 @@ from ..files import atomic_write
 from ..model import HNetForCausalLM
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, TrainSection, config_from_dict
 from .interrupt import StopRequest
 from .logs import RunLog, plot_curves
 from .objective import IGNORE, compute_losses, split_batch, warm_start_loss, warm_start_weight
@@ -50,6 +50,7 @@ RESUMABLE_CHANGES = (
     "data.verify",
     "train.device",
     "train.dtype",
+    "train.compile",
     "eval.",
     "checkpoint.",
 )
@@ -135,6 +136,10 @@ def open_data(config: TrainConfig, out_dir: Path | None = None) -> tuple[ByteWin
     return ByteWindows(train_split, seq_len=seq_len, seed=config.data.seed), ByteWindows(val_split, seq_len, seed=0)
 
 
+# train.compile auto compiles CPU runs of at least this many steps and minutes: compiled Mamba-2 blocks saved about a
+# quarter of a step (benchmarks/results/train_speed_cpu.md), which repays the cold compile after a few hundred steps
+COMPILE_AUTO_MIN_STEPS = 500
+COMPILE_AUTO_MIN_MINUTES = 10
 TOKENIZER_TRAINING_BYTES = 100_000_000  # a BPE is trained on at most this much of the training split
 
 
@@ -213,6 +218,7 @@ class Trainer:
         if cfg.train.gradient_checkpointing not in (False, []):
             stages = None if cfg.train.gradient_checkpointing is True else cfg.train.gradient_checkpointing
             self.model.set_gradient_checkpointing(True, stages)
+        self.compiled_blocks = self.model.compile_blocks() if _use_compile(cfg.train, rt.device) else 0
         opt = cfg.optimizer
         self.optimizer = build_optimizer(
             self.model, opt.lr, config.lr_multipliers(), opt.weight_decay, opt.betas, opt.eps
@@ -507,6 +513,9 @@ class Trainer:
                         "elapsed_s": self.elapsed,
                     }
                     result.history.append(row)
+                    if self.compiled_blocks and self.step == first_step + 1 and rt.is_main:
+                        bar.write(f"torch.compile ({self.compiled_blocks} Mamba-2 blocks): first step "
+                                  f"{now - began:.1f} s with compiling; a new length bucket compiles when first seen")
                     if log:
                         log.log("train", row)
                     bar.update(1)
@@ -550,6 +559,15 @@ class Trainer:
     def _export_model(self) -> None:
         """The trained model as ``config.json`` + ``model.safetensors``: ``from_pretrained(run folder)`` loads it."""
         self.model.save_pretrained(self.out_dir)
+
+
+def _use_compile(train: TrainSection, device: torch.device) -> bool:
+    """train.compile: true, false, or auto: on for CPU runs long enough to repay the compiling (about a minute per
+    model and its length buckets) without gradient checkpointing; off elsewhere (not measured on accelerators)."""
+    if train.compile != "auto":
+        return train.compile
+    long_enough = train.steps >= COMPILE_AUTO_MIN_STEPS and (train.max_minutes or math.inf) >= COMPILE_AUTO_MIN_MINUTES
+    return device.type == "cpu" and long_enough and train.gradient_checkpointing in (False, [])
 
 
 def _compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -600,6 +618,8 @@ class _NoBar:
     def update(self, n: int = 1) -> None: ...
     def set_postfix_str(self, text: str) -> None: ...
     def close(self) -> None: ...
+    def write(self, text: str) -> None:
+        print(text, flush=True)
 
 
 def _progress_bar(enabled: bool, total: int | None, initial: int):
