@@ -384,6 +384,9 @@ def test_compile_setting_and_when_auto_compiles(tmp_path, corpus, monkeypatch, c
     assert not compiles(steps=COMPILE_AUTO_MIN_STEPS, gradient_checkpointing=True)
     assert not compiles(steps=COMPILE_AUTO_MIN_STEPS, compile=False)
     assert compiles(compile=True)
+    assert not compiles(steps=COMPILE_AUTO_MIN_STEPS, dtype="bf16")
+    with pytest.raises(ConfigError, match="train.compile=true with bf16 autocast"):
+        compiles(compile=True, dtype="bf16")
     config = config_from_dict(tiny_config(corpus, tmp_path / "log", train={"steps": 1, "compile": True}))
     train(config, progress=False)
     assert "torch.compile (4 Mamba-2 blocks): first step" in capsys.readouterr().out

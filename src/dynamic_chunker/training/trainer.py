@@ -218,7 +218,8 @@ class Trainer:
         if cfg.train.gradient_checkpointing not in (False, []):
             stages = None if cfg.train.gradient_checkpointing is True else cfg.train.gradient_checkpointing
             self.model.set_gradient_checkpointing(True, stages)
-        self.compiled_blocks = self.model.compile_blocks() if _use_compile(cfg.train, rt.device) else 0
+        use_compile = _use_compile(cfg.train, rt.device, self.compute_dtype)
+        self.compiled_blocks = self.model.compile_blocks() if use_compile else 0
         opt = cfg.optimizer
         self.optimizer = build_optimizer(
             self.model, opt.lr, config.lr_multipliers(), opt.weight_decay, opt.betas, opt.eps
@@ -561,13 +562,20 @@ class Trainer:
         self.model.save_pretrained(self.out_dir)
 
 
-def _use_compile(train: TrainSection, device: torch.device) -> bool:
-    """train.compile: true, false, or auto: on for CPU runs long enough to repay the compiling (about a minute per
-    model and its length buckets) without gradient checkpointing; off elsewhere (not measured on accelerators)."""
+def _use_compile(train: TrainSection, device: torch.device, dtype: torch.dtype) -> bool:
+    """train.compile: true, false, or auto: on for float32 CPU runs long enough to repay the compiling (about a minute
+    per model and its length buckets) without gradient checkpointing; off elsewhere (not measured on accelerators).
+    Compiled blocks under bf16 autocast gave non-finite gradients (torch 2.13, CPU), so that combination is refused."""
+    if train.compile is True and dtype != torch.float32:
+        raise ConfigError(
+            "train.compile=true with bf16 autocast gives non-finite gradients (torch 2.13); "
+            "use train.dtype=fp32 or train.compile=false"
+        )
     if train.compile != "auto":
         return train.compile
     long_enough = train.steps >= COMPILE_AUTO_MIN_STEPS and (train.max_minutes or math.inf) >= COMPILE_AUTO_MIN_MINUTES
-    return device.type == "cpu" and long_enough and train.gradient_checkpointing in (False, [])
+    plain = dtype == torch.float32 and train.gradient_checkpointing in (False, [])
+    return device.type == "cpu" and plain and long_enough
 
 
 def _compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
