@@ -7,7 +7,7 @@ from torch.func import functional_call
 import dynamic_chunker.model as model_module
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.layers.mamba2 import Mamba2
-from dynamic_chunker.layers.stack import COMPILE_BUCKET, Block
+from dynamic_chunker.layers.stack import Block, bucket_length
 
 LAYOUTS = {
     1: ["m1T1t1"],
@@ -363,7 +363,7 @@ def test_length_buckets_of_compiled_blocks_change_no_loss_or_gradient():
             block.uncompiled_forward(residual, segments, dtype)
         )
     bucketed_loss, bucketed = loss_and_grads(model, ids, docs)
-    assert seen and all(length % COMPILE_BUCKET == 0 for length in seen)
+    assert seen and all(bucket_length(length) == length for length in seen)
     torch.testing.assert_close(bucketed_loss, loss, rtol=1e-6, atol=1e-6)
     for name in grads:
         torch.testing.assert_close(bucketed[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
@@ -371,6 +371,14 @@ def test_length_buckets_of_compiled_blocks_change_no_loss_or_gradient():
         seen.clear()
         model(ids)
         assert not seen
+
+
+def test_bucket_lengths_are_few_and_close():
+    lengths = range(1, 5000)
+    buckets = [bucket_length(n) for n in lengths]
+    assert all(b >= n and b % 64 == 0 for n, b in zip(lengths, buckets, strict=True))
+    assert all(b <= 1.25 * n for n, b in zip(lengths, buckets, strict=True) if n > 256)
+    assert len({b for n, b in zip(lengths, buckets, strict=True) if 1024 < n <= 2048}) == 4  # four per octave
 
 
 @pytest.mark.slow

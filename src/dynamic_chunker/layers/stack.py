@@ -14,11 +14,19 @@ from .norm import RMSNorm
 from .precision import upcast
 from .segments import Segments
 
-# Lengths a compiled block sees are padded to a multiple of this (the CPU scan's tile, which the scan pads to anyway),
-# so that the data-dependent lengths of chunked stages compile a few times rather than at every new length.
-COMPILE_BUCKET = 64
+# Lengths a compiled block sees are padded up to a bucket, so that the data-dependent lengths of chunked stages compile
+# a few times rather than at every new length: four buckets per octave (above 256 positions at most a quarter more,
+# about an eighth on average), multiples of at least 64 (the CPU scan's tile, which the scan pads to anyway).
+BUCKETS_PER_OCTAVE = 4
+MIN_BUCKET_STEP = 64
 # torch.compile keeps compiled code per block and length bucket; its default limit (8) would fall back to eager
 COMPILE_CACHE_LIMIT = 256
+
+
+def bucket_length(length: int) -> int:
+    """The padded length of a compiled block's input: the next multiple of a step that grows with the length."""
+    step = max(MIN_BUCKET_STEP, (1 << (length.bit_length() - 1)) // BUCKETS_PER_OCTAVE)
+    return -(-length // step) * step
 
 
 class Block(nn.Module):
@@ -37,7 +45,7 @@ class Block(nn.Module):
 
     def compile_bucketed(self) -> None:
         """Run training forwards (gradients on, no cache) through torch.compile with static shapes, the length padded
-        on the right to a multiple of COMPILE_BUCKET: every mixer is causal, so the padding changes no valid output."""
+        on the right to :func:`bucket_length`: every mixer is causal, so the padding changes no valid output."""
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, COMPILE_CACHE_LIMIT)
         config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, COMPILE_CACHE_LIMIT)
@@ -47,7 +55,7 @@ class Block(nn.Module):
         if self.compiled is None or cache is not None or not torch.is_grad_enabled():
             return self.uncompiled_forward(residual, segments, dtype, cache)
         length = residual.shape[1]
-        pad = -length % COMPILE_BUCKET
+        pad = bucket_length(length) - length
         if pad:
             residual = F.pad(residual, (0, 0, 0, pad))
             segments = Segments(*(None if t is None else F.pad(t, (0, pad)) for t in (segments.mask, segments.starts)))
