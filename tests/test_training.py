@@ -387,6 +387,11 @@ def test_compile_setting_and_when_auto_compiles(tmp_path, corpus, monkeypatch, c
     assert not compiles(steps=COMPILE_AUTO_MIN_STEPS, dtype="bf16")
     with pytest.raises(ConfigError, match="train.compile=true with bf16 autocast"):
         compiles(compile=True, dtype="bf16")
+    with monkeypatch.context() as no_compiler:
+        no_compiler.setattr("shutil.which", lambda name: None)
+        assert not compiles(steps=COMPILE_AUTO_MIN_STEPS)
+        with pytest.raises(ConfigError, match="needs a C.. compiler"):
+            compiles(compile=True)
     config = config_from_dict(tiny_config(corpus, tmp_path / "log", train={"steps": 1, "compile": True}))
     train(config, progress=False)
     assert "torch.compile (4 Mamba-2 blocks): first step" in capsys.readouterr().out

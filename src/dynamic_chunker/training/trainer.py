@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -140,6 +141,7 @@ def open_data(config: TrainConfig, out_dir: Path | None = None) -> tuple[ByteWin
 # quarter of a step (benchmarks/results/train_speed_cpu.md), which repays the cold compile after a few hundred steps
 COMPILE_AUTO_MIN_STEPS = 500
 COMPILE_AUTO_MIN_MINUTES = 10
+CPP_COMPILERS = ("c++", "g++", "clang++")  # torch.compile on CPU builds C++
 TOKENIZER_TRAINING_BYTES = 100_000_000  # a BPE is trained on at most this much of the training split
 
 
@@ -564,18 +566,25 @@ class Trainer:
 
 def _use_compile(train: TrainSection, device: torch.device, dtype: torch.dtype) -> bool:
     """train.compile: true, false, or auto: on for float32 CPU runs long enough to repay the compiling (about a minute
-    per model and its length buckets) without gradient checkpointing; off elsewhere (not measured on accelerators).
+    per model and its length buckets) without gradient checkpointing, where a C++ compiler is found; off elsewhere
+    (not measured on accelerators).
     Compiled blocks under bf16 autocast gave non-finite gradients (torch 2.13, CPU), so that combination is refused."""
+    compiler = device.type != "cpu" or any(shutil.which(cc) for cc in CPP_COMPILERS)
     if train.compile is True and dtype != torch.float32:
         raise ConfigError(
             "train.compile=true with bf16 autocast gives non-finite gradients (torch 2.13); "
             "use train.dtype=fp32 or train.compile=false"
         )
+    if train.compile is True and not compiler:
+        raise ConfigError(
+            f"train.compile=true needs a C++ compiler on CPU (none of {', '.join(CPP_COMPILERS)} is on PATH): "
+            "install one (e.g. apt-get install g++) or set train.compile=false"
+        )
     if train.compile != "auto":
         return train.compile
     long_enough = train.steps >= COMPILE_AUTO_MIN_STEPS and (train.max_minutes or math.inf) >= COMPILE_AUTO_MIN_MINUTES
     plain = dtype == torch.float32 and train.gradient_checkpointing in (False, [])
-    return device.type == "cpu" and plain and long_enough
+    return device.type == "cpu" and compiler and plain and long_enough
 
 
 def _compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
