@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-train chromium test lint bench bench-peer clean
+.PHONY: demo demo-train chromium cxx test lint bench bench-peer clean
 
 $(BIN)/hnet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,12 @@ chromium:
 		fc-list :lang=zh 2>/dev/null | grep -q . || \
 		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium fonts-wqy-zenhei)
 
-test: $(BIN)/hnet chromium
+# A C++ compiler for torch.compile on CPU (compiled training blocks, compiled chunkers), installed only if missing.
+cxx:
+	@(command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1) || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y g++)
+
+test: $(BIN)/hnet chromium cxx
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
