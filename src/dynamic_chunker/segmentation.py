@@ -26,7 +26,6 @@ import ctypes
 import functools
 import heapq
 import math
-import shutil
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +38,7 @@ import torch
 
 from .errors import InvalidArgument
 from .evaluation.targets import WHITESPACE
+from .layers.kernels import CPP_COMPILERS, can_compile
 
 BOS = 254  # byte that precedes every training document (data/corpus.py)
 BUNDLED_MODEL = "hnet_chunker_small"  # src/dynamic_chunker/models/<name>: config.json + model.safetensors
@@ -360,10 +360,10 @@ def token_counter(tokenizer) -> Callable[[str], int]:
 # ------------------------------------------------------------------------------------------------ models
 def compile_first_encoder(model) -> None:
     """``torch.compile`` the stage-0 encoder of ``model`` in place, with static shapes (callers pad to a few)."""
-    device = next(model.parameters()).device
-    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+    if not can_compile(next(model.parameters()).device):
         raise InvalidArgument(
-            "compile=True needs a C++ compiler for torch.compile on CPU (none of c++, g++, clang++ is on PATH): "
+            f"compile=True needs a C++ compiler for torch.compile on CPU (none of {', '.join(CPP_COMPILERS)} is on "
+            "PATH): "
             "install one (e.g. apt-get install g++) or leave compile off"
         )
     encoder = model.backbone.encoder

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import importlib
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,6 +58,14 @@ def _load(module: str, name: str) -> Callable | None:
         return getattr(importlib.import_module(module), name)
     except Exception:  # not installed, or a build that does not match this torch/CUDA (ImportError, OSError, ...)
         return None
+
+
+CPP_COMPILERS = ("c++", "g++", "clang++")
+
+
+def can_compile(device: torch.device | str) -> bool:
+    """Whether ``torch.compile`` can build code for ``device``: on CPU it builds C++, so a compiler must be on PATH."""
+    return torch.device(device).type != "cpu" or any(shutil.which(cc) for cc in CPP_COMPILERS)
 
 
 @functools.cache

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from ..evaluation.bpb import bits, scored_bytes, target_nll
 from ..evaluation.lm import token_byte_table
 from ..evaluation.targets import BPE_FILE, bpe_for_corpus, stage_targets, target_bytes
 from ..files import atomic_write
+from ..layers import kernels
 from ..model import HNetForCausalLM
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -141,7 +141,6 @@ def open_data(config: TrainConfig, out_dir: Path | None = None) -> tuple[ByteWin
 # quarter of a step (benchmarks/results/train_speed_cpu.md), which repays the cold compile after a few hundred steps
 COMPILE_AUTO_MIN_STEPS = 500
 COMPILE_AUTO_MIN_MINUTES = 10
-CPP_COMPILERS = ("c++", "g++", "clang++")  # torch.compile on CPU builds C++
 TOKENIZER_TRAINING_BYTES = 100_000_000  # a BPE is trained on at most this much of the training split
 
 
@@ -569,7 +568,7 @@ def _use_compile(train: TrainSection, device: torch.device, dtype: torch.dtype) 
     per model and its length buckets) without gradient checkpointing, where a C++ compiler is found; off elsewhere
     (not measured on accelerators).
     Compiled blocks under bf16 autocast gave non-finite gradients (torch 2.13, CPU), so that combination is refused."""
-    compiler = device.type != "cpu" or any(shutil.which(cc) for cc in CPP_COMPILERS)
+    compiler = kernels.can_compile(device)
     if train.compile is True and dtype != torch.float32:
         raise ConfigError(
             "train.compile=true with bf16 autocast gives non-finite gradients (torch 2.13); "
@@ -577,7 +576,7 @@ def _use_compile(train: TrainSection, device: torch.device, dtype: torch.dtype) 
         )
     if train.compile is True and not compiler:
         raise ConfigError(
-            f"train.compile=true needs a C++ compiler on CPU (none of {', '.join(CPP_COMPILERS)} is on PATH): "
+            f"train.compile=true needs a C++ compiler on CPU (none of {', '.join(kernels.CPP_COMPILERS)} is on PATH): "
             "install one (e.g. apt-get install g++) or set train.compile=false"
         )
     if train.compile != "auto":
