@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
+from dynamic_chunker.errors import InvalidArgument
 from dynamic_chunker.segmentation import (
     BLANK_LINE,
     CLAUSE_END,
@@ -431,6 +432,26 @@ def test_compiled_chunker_gives_the_eager_signals_and_chunks():
     assert same(compiled.chunk(text), eager.chunk(text))
     texts = [SAMPLE[:30], SAMPLE, SAMPLE[5:200]]
     assert all(map(same, compiled.chunk_batch(texts), eager.chunk_batch(texts)))
+
+
+def test_windows_in_worker_threads_give_the_one_thread_results():
+    text = SAMPLE * 6
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = HNetChunker(MODEL, 60, window=256, context=64, workers=1)
+        expected = (one.signals(text.encode()), one.chunk(text), one.chunk_batch([SAMPLE, SAMPLE[9:], text]))
+        torch.set_num_threads(2)
+        three = HNetChunker(MODEL, 60, window=256, context=64, workers=3)
+        np.testing.assert_array_equal(three.signals(text.encode()), expected[0])
+        assert torch.get_num_threads() == 2  # restored after the threaded calls
+        assert three.chunk(text) == expected[1]
+        assert three.chunk_batch([SAMPLE, SAMPLE[9:], text]) == expected[2]
+        assert HNetChunker(MODEL)._workers() == 2  # default on CPU: the torch thread count
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(InvalidArgument, match="workers"):
+        HNetChunker(MODEL, workers=0)
 
 
 def test_malloc_tuning_is_applied_on_cpu_unless_switched_off(monkeypatch):
