@@ -386,8 +386,7 @@ def compile_first_encoder(model) -> None:
     if not can_compile(next(model.parameters()).device):
         raise InvalidArgument(
             f"compile=True needs a C++ compiler for torch.compile on CPU (none of {', '.join(CPP_COMPILERS)} is on "
-            "PATH): "
-            "install one (e.g. apt-get install g++) or leave compile off"
+            "PATH): install one (e.g. apt-get install g++) or leave compile off"
         )
     encoder = model.backbone.encoder
     if getattr(encoder, "_compiled_call_impl", None) is None:  # compiled once, however many chunkers share the model
@@ -458,9 +457,10 @@ class HNetChunker:
         compile: compile the model's stage-0 encoder (which runs on every byte) with ``torch.compile`` and pad
             every model call to a few fixed shapes, so that each compiles once. A model you pass is compiled in place
             (``nn.Module.compile``: the same object and weights); the bundled one is a separate copy. Pays off for
-            large inputs: on a 2-core CPU, 1.2-1.6x the bytes per second after a one-off compile of about 30 s per
-            shape (seconds when torch's compile cache already holds it); needs a C++ compiler on CPU. Boundary
-            probabilities agree with eager ones to about 1e-6 (``tests/test_segmentation.py``).
+            large inputs: on 2 CPU cores 1.1-1.25x the bytes per second (1.2-1.5x with one thread) after a one-off
+            compile of 5-30 s per shape (the less, the more torch's compile cache already holds); needs a C++
+            compiler on CPU. Boundary probabilities agree with eager ones to about 1e-6 and the chunks are the same
+            (``tests/test_segmentation.py``).
         workers: model calls run at once, in threads that each run torch on one thread (None: the number of torch
             threads on CPU, 1 elsewhere). On 2 CPU cores, two windows side by side ran 1.25x faster than one window
             on two threads. Each window's result is that of a one-thread run, whatever the number.
