@@ -31,18 +31,23 @@ def conv_inputs(b, l, c, K, rate, seed):
     return x, weight, bias, starts
 
 
+def assert_same_outputs_and_gradients(out, expected, inputs):
+    """float64: the same values, and the same gradients of the inputs for a random output gradient."""
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, grad)
+    want = torch.autograd.grad(expected, inputs, grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("rate", [0.0, 0.3])
 @pytest.mark.parametrize(("l", "K"), [(7, 4), (2, 4), (1, 3), (5, 1)])
 def test_conv_silu_matches_per_document_conv(l, K, rate):
     x, weight, bias, starts = conv_inputs(2, l, 3, K, rate, seed=l * 10 + K)
-    out = conv_silu(x, weight, bias, starts)
-    expected = plain_conv_silu(x, weight, bias, starts)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (x, weight, bias), grad)
-    want = torch.autograd.grad(expected, (x, weight, bias), grad)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert_same_outputs_and_gradients(
+        conv_silu(x, weight, bias, starts), plain_conv_silu(x, weight, bias, starts), (x, weight, bias)
+    )
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])
@@ -71,14 +76,9 @@ def norm_inputs(shape, seed):
 
 def test_gated_rms_norm_matches_composition():
     y, z, weight = norm_inputs((2, 5, 8), seed=3)
-    out = gated_rms_norm(y, z, weight, 1e-5, torch.float64)
-    expected = plain_gated_rms_norm(y, z, weight, 1e-5)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (y, z, weight), grad)
-    want = torch.autograd.grad(expected, (y, z, weight), grad)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert_same_outputs_and_gradients(
+        gated_rms_norm(y, z, weight, 1e-5, torch.float64), plain_gated_rms_norm(y, z, weight, 1e-5), (y, z, weight)
+    )
 
 
 def test_gated_rms_norm_gradcheck():
