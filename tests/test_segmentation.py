@@ -420,7 +420,7 @@ def test_compiled_chunker_gives_the_eager_signals_and_chunks():
     model = copy.deepcopy(MODEL)  # compiled in place: MODEL stays eager for the other tests
     eager = HNetChunker(MODEL, 40, window=256, context=64, batch_size=2)
     compiled = HNetChunker(model, 40, window=256, context=64, batch_size=2, compile=True)
-    assert model.backbone.encoder._compiled_call_impl is not None
+    assert all(m._compiled_call_impl is not None for m in (model.backbone.encoder, model.backbone.routing_module))
     text = SAMPLE * 4  # several windows, the last one short
     data = text.encode()
     np.testing.assert_allclose(compiled.signals(data), eager.signals(data), atol=1e-5)

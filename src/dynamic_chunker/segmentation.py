@@ -381,16 +381,17 @@ def token_counter(tokenizer) -> Callable[[str], int]:
 
 
 # ------------------------------------------------------------------------------------------------ models
-def compile_first_encoder(model) -> None:
-    """``torch.compile`` the stage-0 encoder of ``model`` in place, with static shapes (callers pad to a few)."""
+def compile_first_stage(model) -> None:
+    """``torch.compile`` the stage-0 encoder and router of ``model`` (they run on every byte) in place, with static
+    shapes (callers pad to a few)."""
     if not can_compile(next(model.parameters()).device):
         raise InvalidArgument(
             f"compile=True needs a C++ compiler for torch.compile on CPU (none of {', '.join(CPP_COMPILERS)} is on "
             "PATH): install one (e.g. apt-get install g++) or leave compile off"
         )
-    encoder = model.backbone.encoder
-    if getattr(encoder, "_compiled_call_impl", None) is None:  # compiled once, however many chunkers share the model
-        encoder.compile(dynamic=False)
+    for module in (model.backbone.encoder, model.backbone.routing_module):
+        if getattr(module, "_compiled_call_impl", None) is None:  # once, however many chunkers share the model
+            module.compile(dynamic=False)
 
 
 @functools.lru_cache(maxsize=4)
@@ -402,13 +403,13 @@ def _bundled(device: str, compiled: bool):
         raise FileNotFoundError(f"the bundled model is missing from {folder}; reinstall dynamic_chunker or pass model=")
     model = from_pretrained(folder, device=device).eval()
     if compiled:  # a copy of its own: chunkers without compile keep an eager one
-        compile_first_encoder(model)
+        compile_first_stage(model)
     return model
 
 
 def load_chunking_model(model=None, device: str | torch.device | None = None, compile: bool = False):
     """The bundled model (``None``), a folder / .pt / .safetensors / Hub id, or an ``HNetForCausalLM`` as it is;
-    ``compile``: with its stage-0 encoder compiled in place (:func:`compile_first_encoder`)."""
+    ``compile``: with its stage-0 encoder and router compiled in place (:func:`compile_first_stage`)."""
     from .model import HNetForCausalLM
 
     if model is None:
@@ -422,7 +423,7 @@ def load_chunking_model(model=None, device: str | torch.device | None = None, co
     else:
         raise TypeError(f"model must be None, a path or Hub id, or an HNetForCausalLM; got {type(model).__name__}")
     if compile:
-        compile_first_encoder(model)
+        compile_first_stage(model)
     return model
 
 
@@ -454,7 +455,7 @@ class HNetChunker:
             (default: 1 on CPU, 8 on other devices).
         tune_malloc: on CPU, apply :func:`keep_freed_memory` (process-wide glibc settings that make chunking several
             times faster on machines where page faults are slow); False leaves the process's allocator alone.
-        compile: compile the model's stage-0 encoder (which runs on every byte) with ``torch.compile`` and pad
+        compile: compile the model's stage-0 encoder and router (which run on every byte) with ``torch.compile`` and pad
             every model call to a few fixed shapes, so that each compiles once. A model you pass is compiled in place
             (``nn.Module.compile``: the same object and weights); the bundled one is a separate copy. Pays off for
             large inputs: on 2 CPU cores 1.1-1.25x the bytes per second (1.2-1.5x with one thread) after a one-off
