@@ -21,7 +21,6 @@ from dynamic_chunker.segmentation import (
     Chunk,
     HNetChunker,
     boundary_signals,
-    bucket_length,
     char_edges,
     chunk_text,
     keep_freed_memory,
@@ -29,6 +28,7 @@ from dynamic_chunker.segmentation import (
     optimal_paths,
     row_probs,
     token_counter,
+    window_bucket,
 )
 
 
@@ -406,11 +406,11 @@ def test_padding_rows_and_length_leaves_the_real_bytes_unchanged():
     assert not padded[:, :, 150:].any() and not padded[:, 1, 60:].any()
 
 
-def test_bucket_lengths_are_few_and_hold_the_rows():
-    assert [bucket_length(n, 9216) for n in (1, 512, 513, 3000, 8192, 8193, 9216)] == [
+def test_window_buckets_are_few_and_hold_the_rows():
+    assert [window_bucket(n, 9216) for n in (1, 512, 513, 3000, 8192, 8193, 9216)] == [
         512, 512, 1024, 4096, 8192, 9216, 9216]  # fmt: skip
-    assert bucket_length(100, 300) == 300 and bucket_length(700, 600) == 700
-    assert len({bucket_length(n, 9216) for n in range(1, 9217)}) == 6
+    assert window_bucket(100, 300) == 300 and window_bucket(700, 600) == 700
+    assert len({window_bucket(n, 9216) for n in range(1, 9217)}) == 6
 
 
 @pytest.mark.slow

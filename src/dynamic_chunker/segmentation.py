@@ -124,7 +124,7 @@ def row_probs(model, rows: list[bytes], min_rows: int = 0, longest: int = 0) -> 
     return out
 
 
-def bucket_length(length: int, longest: int) -> int:
+def window_bucket(length: int, longest: int) -> int:
     """The padded length of a model call on rows of up to ``length`` bytes, of at most ``longest`` (a compiled model
     sees only these): the first of 512, 1024, 2048, ... that holds it, or ``longest`` beyond the last below it."""
     bucket = 512
@@ -150,7 +150,7 @@ def boundary_signals(
     ``context`` holds the bytes before ``data`` (the BOS byte at a text's start). Each window of ``window`` bytes is
     run after up to ``overlap`` bytes of what precedes it, whose outputs are discarded. ``batch_size`` windows go
     through the model at a time (None: :func:`default_batch_size`). ``fixed_shapes`` pads every call to
-    ``batch_size`` rows of a :func:`bucket_length` (for a compiled model: a few shapes, each compiled once).
+    ``batch_size`` rows of a :func:`window_bucket` (for a compiled model: a few shapes, each compiled once).
     ``workers`` model calls run at once, in threads (see :func:`map_calls`).
     """
     batch_size = default_batch_size(model) if batch_size is None else batch_size
@@ -165,7 +165,7 @@ def boundary_signals(
 
     def call(rows: range) -> np.ndarray:
         batch = [stream[max(0, s - overlap) : s + window] for s in rows]
-        pad = (batch_size, bucket_length(max(map(len, batch)), overlap + window)) if fixed_shapes else (0, 0)
+        pad = (batch_size, window_bucket(max(map(len, batch)), overlap + window)) if fixed_shapes else (0, 0)
         return row_probs(model, batch, *pad)
 
     groups = [starts[first : first + batch_size] for first in range(0, len(starts), batch_size)]
@@ -583,7 +583,7 @@ class HNetChunker:
 
         def call(group: list[int]) -> np.ndarray:
             rows = [bytes([BOS]) + encoded[i] for i in group]
-            longest = bucket_length(max(map(len, rows)), self.window + 1)
+            longest = window_bucket(max(map(len, rows)), self.window + 1)
             return row_probs(self.model, rows, *((self.batch_size, longest) if self.compiled else (0, 0)))
 
         groups = [short[first : first + self.batch_size] for first in range(0, len(short), self.batch_size)]

@@ -100,8 +100,7 @@ def applies(name: str, *tensors: torch.Tensor) -> bool:
         return False
     kernel = {"ssd_scan": available().ssd_scan, "conv_silu": available().conv1d, "attention": available().attention}
     return (
-        _enabled
-        and kernel[name] is not None
+        kernel[name] is not None
         and all(t.device.type in KERNEL_DEVICES and t.dtype in SUPPORTED_DTYPES[name] for t in tensors)
     )
 
