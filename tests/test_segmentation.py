@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from dynamic_chunker import HNetConfig, HNetForCausalLM
 from dynamic_chunker.errors import InvalidArgument
+from dynamic_chunker.layers.stack import Block
 from dynamic_chunker.segmentation import (
     BLANK_LINE,
     CLAUSE_END,
@@ -421,6 +422,8 @@ def test_compiled_chunker_gives_the_eager_signals_and_chunks():
     eager = HNetChunker(MODEL, 40, window=256, context=64, batch_size=2)
     compiled = HNetChunker(model, 40, window=256, context=64, batch_size=2, compile=True)
     assert all(m._compiled_call_impl is not None for m in (model.backbone.encoder, model.backbone.routing_module))
+    inner = [b for b in model.backbone.main_network.encoder.modules() if isinstance(b, Block)]
+    assert inner and all(b.compiled is not None and b.compiled_inference for b in inner)
     text = SAMPLE * 4  # several windows, the last one short
     data = text.encode()
     np.testing.assert_allclose(compiled.signals(data), eager.signals(data), atol=1e-5)

@@ -40,6 +40,7 @@ import torch
 from .errors import InvalidArgument
 from .evaluation.targets import WHITESPACE
 from .layers.kernels import CPP_COMPILERS, can_compile
+from .layers.stack import Block
 
 BOS = 254  # byte that precedes every training document (data/corpus.py)
 BUNDLED_MODEL = "hnet_chunker_small"  # src/dynamic_chunker/models/<name>: config.json + model.safetensors
@@ -381,9 +382,10 @@ def token_counter(tokenizer) -> Callable[[str], int]:
 
 
 # ------------------------------------------------------------------------------------------------ models
-def compile_first_stage(model) -> None:
-    """``torch.compile`` the stage-0 encoder and router of ``model`` (they run on every byte) in place, with static
-    shapes (callers pad to a few)."""
+def compile_for_chunking(model) -> None:
+    """``torch.compile`` in place what ``model.boundaries`` runs: the stage-0 encoder and router (every byte; static
+    shapes, callers pad windows to a few) and the blocks of the inner encoders (lengths padded to the compiled blocks'
+    buckets, see ``Block.compile_bucketed``)."""
     if not can_compile(next(model.parameters()).device):
         raise InvalidArgument(
             f"compile=True needs a C++ compiler for torch.compile on CPU (none of {', '.join(CPP_COMPILERS)} is on "
@@ -392,6 +394,12 @@ def compile_first_stage(model) -> None:
     for module in (model.backbone.encoder, model.backbone.routing_module):
         if getattr(module, "_compiled_call_impl", None) is None:  # once, however many chunkers share the model
             module.compile(dynamic=False)
+    stage = model.backbone.main_network
+    while not stage.is_innermost:
+        for block in stage.encoder.modules():
+            if isinstance(block, Block) and block.compiled is None:
+                block.compile_bucketed(inference=True)
+        stage = stage.main_network
 
 
 @functools.lru_cache(maxsize=4)
@@ -403,13 +411,13 @@ def _bundled(device: str, compiled: bool):
         raise FileNotFoundError(f"the bundled model is missing from {folder}; reinstall dynamic_chunker or pass model=")
     model = from_pretrained(folder, device=device).eval()
     if compiled:  # a copy of its own: chunkers without compile keep an eager one
-        compile_first_stage(model)
+        compile_for_chunking(model)
     return model
 
 
 def load_chunking_model(model=None, device: str | torch.device | None = None, compile: bool = False):
     """The bundled model (``None``), a folder / .pt / .safetensors / Hub id, or an ``HNetForCausalLM`` as it is;
-    ``compile``: with its stage-0 encoder and router compiled in place (:func:`compile_first_stage`)."""
+    ``compile``: with what chunking runs compiled in place (:func:`compile_for_chunking`)."""
     from .model import HNetForCausalLM
 
     if model is None:
@@ -423,7 +431,7 @@ def load_chunking_model(model=None, device: str | torch.device | None = None, co
     else:
         raise TypeError(f"model must be None, a path or Hub id, or an HNetForCausalLM; got {type(model).__name__}")
     if compile:
-        compile_first_stage(model)
+        compile_for_chunking(model)
     return model
 
 
@@ -455,13 +463,13 @@ class HNetChunker:
             (default: 1 on CPU, 8 on other devices).
         tune_malloc: on CPU, apply :func:`keep_freed_memory` (process-wide glibc settings that make chunking several
             times faster on machines where page faults are slow); False leaves the process's allocator alone.
-        compile: compile the model's stage-0 encoder and router (which run on every byte) with ``torch.compile`` and pad
-            every model call to a few fixed shapes, so that each compiles once. A model you pass is compiled in place
-            (``nn.Module.compile``: the same object and weights); the bundled one is a separate copy. Pays off for
-            large inputs: on 2 CPU cores 1.1-1.25x the bytes per second (1.2-1.5x with one thread) after a one-off
-            compile of 5-30 s per shape (the less, the more torch's compile cache already holds); needs a C++
-            compiler on CPU. Boundary probabilities agree with eager ones to about 1e-6 and the chunks are the same
-            (``tests/test_segmentation.py``).
+        compile: compile what chunking runs of the model (the encoders and the stage-0 router) with
+            ``torch.compile``, padding model calls and inner lengths to a few shapes, so that each compiles once. A
+            model you pass is compiled in place (``nn.Module.compile`` and compiled blocks: the same object and
+            weights); the bundled one is a separate copy. Pays off for large inputs: on 2 CPU cores 1.2-1.4x the bytes
+            per second after a one-off compile of up to a minute (less when torch's compile cache already holds the
+            graphs); needs a C++ compiler on CPU. Boundary probabilities agree with eager ones to about 1e-6 and the
+            chunks are the same (``tests/test_segmentation.py``).
         workers: model calls run at once, in threads that each run torch on one thread (None: the number of torch
             threads on CPU, 1 elsewhere). On 2 CPU cores, two windows side by side ran 1.25x faster than one window
             on two threads. Each window's result is that of a one-thread run, whatever the number.

@@ -42,17 +42,20 @@ class Block(nn.Module):
         else:
             self.norm2 = self.mlp = None
         self.compiled = None  # see compile_bucketed
+        self.compiled_inference = False  # whether forwards without gradients take the compiled path too
 
-    def compile_bucketed(self) -> None:
-        """Run training forwards (gradients on, no cache) through torch.compile with static shapes, the length padded
-        on the right to :func:`bucket_length`: every mixer is causal, so the padding changes no valid output."""
+    def compile_bucketed(self, inference: bool = False) -> None:
+        """Run training forwards (gradients on, no cache; with ``inference`` also forwards without gradients, as
+        chunking runs) through torch.compile with static shapes, the length padded on the right to
+        :func:`bucket_length`: every mixer is causal, so the padding changes no valid output."""
+        self.compiled_inference = inference
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, COMPILE_CACHE_LIMIT)
         config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, COMPILE_CACHE_LIMIT)
         self.compiled = torch.compile(self.uncompiled_forward, dynamic=False)
 
     def forward(self, residual: torch.Tensor, segments: Segments, dtype: torch.dtype, cache=None) -> torch.Tensor:
-        if self.compiled is None or cache is not None or not torch.is_grad_enabled():
+        if self.compiled is None or cache is not None or not (torch.is_grad_enabled() or self.compiled_inference):
             return self.uncompiled_forward(residual, segments, dtype, cache)
         length = residual.shape[1]
         pad = bucket_length(length) - length
