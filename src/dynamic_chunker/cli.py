@@ -663,7 +663,7 @@ def add_chunk_parser(sub) -> None:
                    "other devices)")
     p.add_argument("--stream", action="store_true", help="read a large file block by block (bounded memory; byte "
                    "offsets, --chunk-size in bytes)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model's byte-level encoder and router "
+    p.add_argument("--compile", action="store_true", help="torch.compile what chunking runs of the model "
                    "first: faster on large files after a one-off compile of up to a minute (needs a C++ compiler on "
                    "CPU)")
     p.set_defaults(func=run)
