@@ -371,6 +371,13 @@ def test_length_buckets_of_compiled_blocks_change_no_loss_or_gradient():
         seen.clear()
         model(ids)
         assert not seen
+    for block in blocks:  # compiled again for chunking: the same compiled forward, now also without gradients
+        compiled = block.compiled
+        block.compile_bucketed(inference=True)
+        assert block.compiled is compiled
+    with torch.no_grad():
+        model(ids)
+        assert seen
 
 
 def test_bucket_lengths_are_few_and_close():

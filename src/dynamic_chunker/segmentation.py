@@ -397,7 +397,7 @@ def compile_for_chunking(model) -> None:
     stage = model.backbone.main_network
     while not stage.is_innermost:
         for block in stage.encoder.modules():
-            if isinstance(block, Block) and block.compiled is None:
+            if isinstance(block, Block):
                 block.compile_bucketed(inference=True)
         stage = stage.main_network
 

@@ -47,8 +47,11 @@ class Block(nn.Module):
     def compile_bucketed(self, inference: bool = False) -> None:
         """Run training forwards (gradients on, no cache; with ``inference`` also forwards without gradients, as
         chunking runs) through torch.compile with static shapes, the length padded on the right to
-        :func:`bucket_length`: every mixer is causal, so the padding changes no valid output."""
-        self.compiled_inference = inference
+        :func:`bucket_length`: every mixer is causal, so the padding changes no valid output. Calling it again keeps
+        the compiled forward and only widens it to inference when asked."""
+        self.compiled_inference = self.compiled_inference or inference
+        if self.compiled is not None:
+            return
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, COMPILE_CACHE_LIMIT)
         config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, COMPILE_CACHE_LIMIT)
