@@ -17,6 +17,9 @@
    (`-layout-only`: `model_weight=0`, layout scores only, same cutter and settings); the report merges the
    baselines' per-question scores for paired comparisons.
 
+``--runs chunk_text,... --model DIR --output PREFIX`` scores only those rows (skipping the screen where none of them
+needs it), e.g. for a candidate model, with each row's paired table against the best baseline.
+
 Writes ``benchmarks/results/chunk_retrieval{.md,.png,.json.gz,_screen.md,_paired.md}`` (``--output`` prefix).
 """
 
@@ -41,6 +44,10 @@ DEFAULTS = HNetChunker.__init__.__kwdefaults__
 GREEDY = {k: DEFAULTS[k] for k in ("cutter", "layout_weight", "min_fraction")}  # chunk_text's defaults
 # the setting an earlier, slow prototype of the optimal cutter was measured with (fixed beforehand, not screened)
 PROTOTYPE = {"cutter": "optimal", "layout_weight": 2.0, "min_fraction": 0.2, "cut_cost": 2.5}
+PAIRED = ("Paired differences at k = 5 over the same 4,961 questions, percentage points ± paired standard error "
+          "(positive: chunk_text better). The best baseline is the one with the highest IoU@5 at that target "
+          "(fixed-size left out).")  # fmt: skip
+SCREENED = ("chunk_text-optimal", "chunk_text-optimal-layout-only", "chunk_text-optimal-uncapped")  # need the screen
 
 
 class CachedCut:
@@ -70,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cut-costs", default=CUT_COSTS, help="cut_cost values of the screen (optimal cutter)")
     parser.add_argument("--screen-only", action="store_true", help="stop after the settings screen")
     parser.add_argument("--paired-only", action="store_true", help="only write the paired table of an earlier run")
+    parser.add_argument("--runs", help="score only these rows, e.g. chunk_text,chunk_text-optimal-prototype (a "
+                        "candidate model; without the screen's rows the screen is skipped); default: all")
     parser.add_argument("--articles", type=int, help="use only the first N articles (a quick check; not comparable "
                         "with the stored baselines, so with --screen-only)")  # fmt: skip
     args = common.parse(parser, argv)
@@ -90,6 +99,10 @@ def main(argv: list[str] | None = None) -> None:
             lambda c=corpus: {d: HNetChunker(model).signals(d.encode("utf-8")) for d in c.documents}
         )
         print(f"{variant}: signals of {sum(len(d.encode()) for d in corpus.documents) / 1e6:.2f} MB in {seconds:.0f} s")
+
+    if args.runs and not any(name in SCREENED for name in args.runs.split(",")):
+        score(args, run, model, corpora, signals, sizes, variants, None, None)
+        return
 
     # --- the settings screen (no embeddings)
     screen_sizes = [int(s) for s in args.screen_sizes.split(",")]
@@ -144,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     common.write_report(header + lines, args.output.with_name(args.output.name + "_screen.md"))
     if args.screen_only:
         return
+    score(args, run, model, corpora, signals, sizes, variants, chosen, uncapped)
 
-    # --- embeddings: the defaults, the optimal cutter and their layout-only ablations
+
+def score(args, run, model, corpora, signals, sizes, variants, chosen, uncapped) -> None:
+    """Embedding scores of the defaults, the optimal cutter and their layout-only ablations (``--runs``: some of
+    them; ``chosen`` and ``uncapped`` are the screen's settings, None where it was skipped)."""
     from dynamic_chunker.evaluation.embeddings import DEFAULT_CACHE, CachedEmbedder
 
     embedder = CachedEmbedder("sentence-transformers/all-MiniLM-L6-v2", args.cache_dir or DEFAULT_CACHE, 64, "cpu",
@@ -155,12 +172,17 @@ def main(argv: list[str] | None = None) -> None:
     runs = [
         ("chunk_text", GREEDY),
         ("chunk_text-layout-only", {**GREEDY, "model_weight": 0.0}),
-        ("chunk_text-optimal", chosen),
-        ("chunk_text-optimal-layout-only", {**chosen, "model_weight": 0.0}),
-        *([("chunk_text-optimal-uncapped", uncapped)] if uncapped != chosen else []),
+        *([("chunk_text-optimal", chosen), ("chunk_text-optimal-layout-only", {**chosen, "model_weight": 0.0})]
+          if chosen else []),  # fmt: skip
+        *([("chunk_text-optimal-uncapped", uncapped)] if uncapped and uncapped != chosen else []),
         ("chunk_text-optimal-prototype", PROTOTYPE),
         ("chunk_text-optimal-prototype-layout-only", {**PROTOTYPE, "model_weight": 0.0}),
     ]
+    if args.runs:
+        unknown = set(args.runs.split(",")) - {name for name, _ in runs}
+        if unknown:
+            raise SystemExit(f"--runs: unknown rows {sorted(unknown)}; choose from {[name for name, _ in runs]}")
+        runs = [(name, options) for name, options in runs if name in args.runs.split(",")]
     results = {v: {} for v in variants}
     for size, (name, options), variant in itertools.product(sizes, runs, variants):
         corpus, factory = corpora[variant], cutter(model, signals[variant], **options)
@@ -173,15 +195,19 @@ def main(argv: list[str] | None = None) -> None:
         report["variants"][variant] = variant_record(corpus, results[variant], {})
         write_outputs(report, [baselines], embedder, run.start, args.output, False, run.command)
     print(write_outputs(report, [baselines], embedder, run.start, args.output, True, run.command))
-    write_paired(args.output, run)
+    if args.runs:  # each row against the best baseline
+        tables = [paired_table(read_results(args.output.with_name(args.output.name + ".json.gz")), name)
+                  for name, _ in runs]  # fmt: skip
+        common.write_report([*run.header("Rows of --runs against the best baseline", PAIRED), "\n\n".join(tables)],
+                            args.output.with_name(args.output.name + "_paired.md"))  # fmt: skip
+    else:
+        write_paired(args.output, run)
 
 
 def write_paired(out: Path, run: common.Run) -> None:
     header = run.header(
         "chunk_text against the best baseline at each size, its layout-only ablation and the optimal cutter",
-        "Paired differences at k = 5 over the same 4,961 questions, percentage points ± paired standard error "
-        "(positive: chunk_text better). The best baseline is the one with the highest IoU@5 at that target "
-        f"(fixed-size left out). From `{out.name}.json.gz`.",
+        f"{PAIRED} From `{out.name}.json.gz`.",
     )
     report = read_results(out.with_name(out.name + ".json.gz"))
     table = paired_table(report, "chunk_text", ["chunk_text-layout-only", "chunk_text-optimal",

@@ -70,6 +70,7 @@ def build(config, ids: torch.Tensor | None = None, targets: list[float] | None =
 def training_step(model, optimizer, ids: torch.Tensor, targets: list[float], packed: bool = True, bf16: bool = False):
     """One step on (B, L + 1) windows: the trainer's objective, backward, then ``optimizer.step()`` (if any).
     Returns the losses (``.output`` is the forward's output)."""
+    model.check_inputs = False  # as in the trainer: the windows are valid bytes, no device reads to check them
     model.zero_grad(set_to_none=True)
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         losses = window_losses(model, ids, targets, documents(ids) if packed else None)

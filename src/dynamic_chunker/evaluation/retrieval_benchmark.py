@@ -169,7 +169,7 @@ def read_results(path: str) -> dict:
         with gzip.open(path, "rt", encoding="utf-8") as file:
             return json.load(file)
     except (OSError, json.JSONDecodeError) as err:
-        raise InvalidArgument(f"--compare {path}: not a results .json.gz of this benchmark: {err}") from err
+        raise InvalidArgument(f"{path}: not a retrieval benchmark results .json.gz: {err}") from err
 
 
 def merge_results(report: dict, earlier: dict) -> None:
