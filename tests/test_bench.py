@@ -1,5 +1,6 @@
 """hnet bench end to end on a tiny suite (a few steps per model): sizing, training, evaluation, table, plots, resume."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dynamic_chunker.bench import Suite, _robustness_cells, _train_config, plan
+from dynamic_chunker.bench import Suite, _robustness_cells, _train_config, plan, recipe_fingerprint
 from dynamic_chunker.cli import main
 from dynamic_chunker.training.logs import read_csv
 
@@ -92,11 +93,18 @@ def test_bench_trains_evaluates_and_resumes_a_tiny_suite(tmp_path, corpus, capsy
     assert not any((runs / i).exists() for i in again)  # (the BPE tokenizer is trained again: planning needs it)
     assert json.loads((tmp_path / "results" / "tiny.json").read_text()) == again
     assert "not trained again" in capsys.readouterr().out
+    # a result of another recipe (here: another learning rate, same steps and FLOPs) is trained again, as is one
+    # written before recipes were fingerprinted whose steps differ
     committed = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert committed["bpe"]["recipe_sha256"] == recipe_fingerprint(planned["bpe"]["config"])
+    committed["hnet"]["recipe_sha256"] = recipe_fingerprint(dataclasses.replace(
+        planned["hnet"]["config"], optimizer=dataclasses.replace(planned["hnet"]["config"].optimizer, lr=1.0)))
+    del committed["bytes"]["recipe_sha256"]
     committed["bytes"]["steps"] = 2
     (tmp_path / "results" / "tiny.json").write_text(json.dumps(committed))
     assert main(["bench", path, "--no-progress"]) == 0
-    assert (runs / "bytes" / "bench.json").is_file() and not (runs / "hnet").exists()
+    assert (runs / "bytes" / "bench.json").is_file() and (runs / "hnet" / "bench.json").is_file()
+    assert not (runs / "bpe").exists()
     capsys.readouterr()
 
 

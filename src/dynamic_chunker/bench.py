@@ -6,7 +6,7 @@ measured bytes per token), and models marked ``match_flops`` get the innermost w
 (paper App. B, at the compression each reaches) are closest to the reference model's. Each model runs in
 ``runs/<folder>/<id>`` and is finished (``bench.json``) before the next starts; an interrupted model resumes from its
 checkpoint, a finished one is loaded, so a suite may span several sessions. The run folders are not committed, so a
-model whose result is already in ``out/<name>.json`` (same FLOPs per byte and steps) is taken from there and not trained
+model whose result is already in ``out/<name>.json`` (same recipe fingerprint) is taken from there and not trained
 again: committed results carry a suite over to another machine (delete a model's entry there to train it again).
 
 Suite YAML::
@@ -31,6 +31,7 @@ A model's run folder without a checkpoint (stopped before its first one) is star
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -252,6 +253,7 @@ def run_model(suite: Suite, model: SuiteModel, planned: dict, progress: bool = T
         "name": model.name or model.id,
         "parameters": sum(p.numel() for p in lm.model.parameters()),
         "flops_per_byte": planned["flops_per_byte"],
+        "recipe_sha256": recipe_fingerprint(config),
         "flops_compression": planned["compression"],  # assumed for the FLOPs: ratio targets or measured fixed rules
         "compression": [evals[-1][f"val_compression_{s}"] for s in range(len(planned["compression"]))],
         "bytes_per_token": planned["bytes_per_token"],
@@ -277,8 +279,19 @@ def _curve(out_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if keep(k)} for row in read_csv(out_dir / "eval.csv")]
 
 
+def recipe_fingerprint(config) -> str:
+    """SHA-256 of a model's sized training config, where it lives left out (output folder, corpus and tokenizer
+    paths, checkpointing): two runs with the same fingerprint train the same recipe."""
+    recipe = config.to_dict()
+    recipe.pop("out", None)
+    recipe.pop("checkpoint", None)
+    recipe["data"] = {k: v for k, v in recipe["data"].items() if k not in ("corpus", "tokenizer")}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _committed(suite: Suite, planned: dict[str, dict]) -> dict[str, dict]:
-    """Results in ``out/<name>.json`` whose model has the planned FLOPs per byte and steps (its run is elsewhere)."""
+    """Results in ``out/<name>.json`` of the planned recipe (its run is elsewhere): the same recipe fingerprint, or
+    for results written before fingerprints, the same FLOPs per byte and steps."""
     path = Path(suite.out) / f"{suite.name}.json"
     if not path.is_file():
         return {}
@@ -286,9 +299,13 @@ def _committed(suite: Suite, planned: dict[str, dict]) -> dict[str, dict]:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON ({err}); restore it from git or delete it") from None
-    same = lambda r, p: r.get("steps") == p["config"].train.steps and math.isclose(  # noqa: E731
-        r.get("flops_per_byte", math.nan), p["flops_per_byte"], rel_tol=1e-6
-    )
+    def same(r: dict, p: dict) -> bool:
+        if "recipe_sha256" in r:
+            return r["recipe_sha256"] == recipe_fingerprint(p["config"])
+        return r.get("steps") == p["config"].train.steps and math.isclose(
+            r.get("flops_per_byte", math.nan), p["flops_per_byte"], rel_tol=1e-6
+        )
+
     return {i: r for i, r in results.items() if i in planned and same(r, planned[i])}
 
 
