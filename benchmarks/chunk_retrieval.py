@@ -18,7 +18,8 @@
    baselines' per-question scores for paired comparisons.
 
 ``--runs chunk_text,... --model DIR --output PREFIX`` scores only those rows (skipping the screen where none of them
-needs it), e.g. for a candidate model, with each row's paired table against the best baseline.
+needs it), e.g. for a candidate model, with each row's paired table against the best baseline and against the same row
+of the committed run (the bundled model).
 
 Writes ``benchmarks/results/chunk_retrieval{.md,.png,.json.gz,_screen.md,_paired.md}`` (``--output`` prefix).
 """
@@ -37,6 +38,7 @@ from dynamic_chunker.evaluation.retrieval_benchmark import paired_table, read_re
 from dynamic_chunker.segmentation import HNetChunker
 
 BASELINES = common.RESULTS / "retrieval_squad.json.gz"
+COMMITTED = common.RESULTS / "chunk_retrieval.json.gz"  # the full run with the bundled model
 # the settings screen's grid
 LAYOUT_WEIGHTS, MIN_FRACTIONS, CUT_COSTS = "1,2,4", "0.1,0.2,0.3,0.5", "2.5,4,5,6,7.5,10,15"
 MAX_SIZE_RATIO = 2.0  # the chosen setting's calibrated chunk_size is at most this times the target mean length
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--articles", type=int, help="use only the first N articles (a quick check; not comparable "
                         "with the stored baselines, so with --screen-only)")  # fmt: skip
     args = common.parse(parser, argv)
+    if args.runs and args.output == common.RESULTS / "chunk_retrieval":
+        parser.error("--runs writes a partial report: give it its own --output prefix")
     if args.articles and not args.screen_only:
         parser.error("--articles goes with --screen-only: the stored baselines were scored on every article")
     run = common.Run("chunk_retrieval", argv)
@@ -195,11 +199,17 @@ def score(args, run, model, corpora, signals, sizes, variants, chosen, uncapped)
         report["variants"][variant] = variant_record(corpus, results[variant], {})
         write_outputs(report, [baselines], embedder, run.start, args.output, False, run.command)
     print(write_outputs(report, [baselines], embedder, run.start, args.output, True, run.command))
-    if args.runs:  # each row against the best baseline
-        tables = [paired_table(read_results(args.output.with_name(args.output.name + ".json.gz")), name)
-                  for name, _ in runs]  # fmt: skip
-        common.write_report([*run.header("Rows of --runs against the best baseline", PAIRED), "\n\n".join(tables)],
-                            args.output.with_name(args.output.name + "_paired.md"))  # fmt: skip
+    if args.runs:  # each row against the best baseline and the same row of the committed (bundled model's) run
+        ours = read_results(args.output.with_name(args.output.name + ".json.gz"))
+        committed = read_results(COMMITTED)
+        for variant, record in ours["variants"].items():
+            for key, entry in committed["variants"].get(variant, {}).get("chunkers", {}).items():
+                if entry.get("chunker", "").startswith("chunk_text"):
+                    record["chunkers"][f"bundled:{key}"] = dict(entry, chunker=f"bundled:{entry['chunker']}")
+        tables = [f"`{name}`:\n\n" + paired_table(ours, name, f"bundled:{name}") for name, _ in runs]
+        note = f"{PAIRED} `bundled:` rows: the same settings in `{COMMITTED.name}` (the bundled model)."
+        common.write_report([*run.header("Rows of --runs against the best baseline and the bundled model", note),
+                             "\n\n".join(tables)], args.output.with_name(args.output.name + "_paired.md"))  # fmt: skip
     else:
         write_paired(args.output, run)
 
