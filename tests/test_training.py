@@ -138,7 +138,9 @@ def test_parameter_groups_accept_auto_like_the_yaml():
     assert {g["lr_multiplier"] for g in chosen} == set(paper_lr_multipliers(model.config, [2.0, 4.0]))
 
 
-@pytest.mark.parametrize("name", ["tiny_1stage", "tiny_2stage", "small_2stage"])
+@pytest.mark.parametrize(
+    "name", ["tiny_1stage", "tiny_2stage", "small_2stage", "hnet_chunker_small", "hnet_chunker_3stage"]
+)
 def test_bundled_configs_load(name):
     config = load_config(CONFIGS / f"{name}.yaml", ["data.corpus=data/english"])
     model = config.model_config()
