@@ -1,6 +1,8 @@
 import bz2
 import gzip
 import json
+import subprocess
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -21,6 +23,8 @@ from dynamic_chunker.evaluation.retrieval import (
     to_spans,
     top_k,
 )
+
+from .conftest import BENCHMARKS
 
 
 @pytest.mark.parametrize("variant", ["paragraphs", "flat"])
@@ -289,3 +293,11 @@ def test_cli_runs_on_own_data_and_compares(tmp_path, monkeypatch, capsys):
     assert "unknown variant" in capsys.readouterr().err
     assert main([*common, "--chunker", "nosuchmodule:f"]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_chunk_retrieval_runs_needs_its_own_output():
+    # --runs scores a few rows; written over the default prefix it would replace the committed full results
+    command = [sys.executable, "-m", "benchmarks.chunk_retrieval", "--runs", "chunk_text"]
+    done = subprocess.run(command, cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "give it its own --output prefix" in done.stderr
+    assert (BENCHMARKS / "results" / "chunk_retrieval.json.gz").is_file()
