@@ -34,7 +34,13 @@ import numpy as np
 from benchmarks import common
 from dynamic_chunker.evaluation.chunkers import calibrate
 from dynamic_chunker.evaluation.retrieval import answers_cut, evaluate_chunkers, load_corpus
-from dynamic_chunker.evaluation.retrieval_benchmark import paired_table, read_results, variant_record, write_outputs
+from dynamic_chunker.evaluation.retrieval_benchmark import (
+    merge_results,
+    paired_table,
+    read_results,
+    variant_record,
+    write_outputs,
+)
 from dynamic_chunker.segmentation import HNetChunker
 
 BASELINES = common.RESULTS / "retrieval_squad.json.gz"
@@ -202,10 +208,12 @@ def score(args, run, model, corpora, signals, sizes, variants, chosen, uncapped)
     if args.runs:  # each row against the best baseline and the same row of the committed (bundled model's) run
         ours = read_results(args.output.with_name(args.output.name + ".json.gz"))
         committed = read_results(COMMITTED)
-        for variant, record in ours["variants"].items():
-            for key, entry in committed["variants"].get(variant, {}).get("chunkers", {}).items():
-                if entry.get("chunker", "").startswith("chunk_text"):
-                    record["chunkers"][f"bundled:{key}"] = dict(entry, chunker=f"bundled:{entry['chunker']}")
+        for record in committed["variants"].values():  # its chunk_text rows, renamed; merged where questions match
+            record["chunkers"] = {f"bundled:{key}": dict(entry, chunker=f"bundled:{entry['chunker']}")
+                                  for key, entry in record["chunkers"].items()
+                                  if entry.get("chunker", "").startswith("chunk_text")}  # fmt: skip
+            record["missing"] = {}
+        merge_results(ours, committed)
         tables = [f"`{name}`:\n\n" + paired_table(ours, name, f"bundled:{name}") for name, _ in runs]
         note = f"{PAIRED} `bundled:` rows: the same settings in `{COMMITTED.name}` (the bundled model)."
         common.write_report([*run.header("Rows of --runs against the best baseline and the bundled model", note),
