@@ -2,6 +2,7 @@
 
 import itertools
 import sys
+import threading
 import tracemalloc
 
 import numpy as np
@@ -26,6 +27,7 @@ from dynamic_chunker.segmentation import (
     chunk_text,
     keep_freed_memory,
     layout_scores,
+    map_calls,
     optimal_paths,
     row_probs,
     token_counter,
@@ -560,3 +562,52 @@ def test_bundled_model_chunks_the_samples():
     after_space = np.mean([english[i - 1].isspace() for i in starts])
     assert after_space > 0.6, after_space  # its stage 0 was warm-started on word starts (model card: 0.80 on val)
     assert 3 < len(english) / len(words) < 8  # about a word per unit
+
+
+def threads_in_a_new_thread() -> int:
+    """torch's thread count in a thread started now: the count the process gives new threads."""
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_overlapping_chunking_calls_leave_every_thread_count_as_it_was():
+    """Model calls run side by side on one torch thread each; two chunking calls from two threads that overlap (the
+    first ends while the second runs: a server chunking in several threads) leave the callers' counts and the count
+    that new threads start with as they were."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inside = [threading.Event(), threading.Event()]
+        release = [threading.Event(), threading.Event()]
+        seen = {0: [], 1: [], "callers": []}
+
+        def caller(i):
+            own = torch.get_num_threads()  # the second caller starts during the first call: 1, given by torch
+
+            def call(item):
+                seen[i].append(torch.get_num_threads())
+                inside[i].set()
+                assert release[i].wait(10)
+                return item
+
+            assert list(map_calls(call, [1, 2, 3], workers=2)) == [1, 2, 3]
+            seen["callers"].append(torch.get_num_threads() == own)
+
+        first, second = (threading.Thread(target=caller, args=(i,)) for i in (0, 1))
+        first.start()
+        assert inside[0].wait(10)
+        second.start()
+        assert inside[1].wait(10)
+        release[0].set()
+        first.join(10)
+        release[1].set()
+        second.join(10)
+        assert seen[0] == seen[1] == [1, 1, 1]
+        assert seen["callers"] == [True, True]
+        assert torch.get_num_threads() == 2
+        assert threads_in_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(before)

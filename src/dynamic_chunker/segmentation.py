@@ -22,11 +22,13 @@ and cuts never fall inside a valid UTF-8 sequence (each invalid byte counts as a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import heapq
 import math
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -179,18 +181,40 @@ def boundary_signals(
 
 def map_calls(call: Callable[[Any], np.ndarray], items: list, workers: int) -> Iterator[np.ndarray]:
     """``map(call, items)``, with up to ``workers`` calls at once in threads, each running its torch operations on one
-    thread (``torch.set_num_threads(1)`` for the duration, restored after). On a CPU, windows side by side use the
-    cores better than one window's small matrices split across them (2 cores: 1.25x)."""
+    thread. On a CPU, windows side by side use the cores better than one window's small matrices split across them
+    (2 cores: 1.25x)."""
     if workers <= 1 or len(items) <= 1:
         yield from map(call, items)
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with _one_thread_workers(), ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield from pool.map(call, items)
+
+
+# torch.set_num_threads(n) sets the calling thread's own count and the count that threads started later begin with.
+# The workers above set 1 for themselves, and with it that start count: the first of overlapping calls (a server
+# chunking in several threads) saves the start count and the last one puts it back, from a thread of its own, so
+# that no caller's own count changes and overlapping calls cannot leave new threads at 1.
+_workers_lock = threading.Lock()
+_workers_calls = 0
+_start_threads = 1
+
+
+@contextlib.contextmanager
+def _one_thread_workers() -> Iterator[None]:
+    global _workers_calls, _start_threads
+    with _workers_lock:
+        if _workers_calls == 0:
+            _start_threads = torch.get_num_threads()
+        _workers_calls += 1
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            yield from pool.map(call, items)
+        yield
     finally:
-        torch.set_num_threads(threads)
+        with _workers_lock:
+            _workers_calls -= 1
+            if _workers_calls == 0:
+                restore = threading.Thread(target=torch.set_num_threads, args=(_start_threads,))
+                restore.start()
+                restore.join()
 
 
 @functools.cache
