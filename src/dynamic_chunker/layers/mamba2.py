@@ -219,7 +219,8 @@ class Mamba2(nn.Module):
         elif convolved is None:
             convolved = causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, segments.starts)
             convolved = F.silu(convolved, inplace=not torch.is_grad_enabled())  # in place: no autograd needs the input
-        x, B, C = torch.split(convolved, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        sizes = [self.d_inner, self.d_state, self.d_state]
+        x, B, C = torch.split(convolved, sizes, dim=-1)
         fp = compute_dtype(u.dtype)
         dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
         if cache is not None and segments.mask is not None:
@@ -228,14 +229,16 @@ class Mamba2(nn.Module):
         x = x.reshape(b, l, self.nheads, self.headdim)
         scanned = kernels.ssd_scan(x, dt, A, B, C, self.D, self.chunk_size, segments.starts, cache is not None)
         if scanned is None:
+            # the pure scan's inputs in its float32, cast before the split, not part by part: compiled (torch 2.13,
+            # CPU), the casts of the bf16 parts gave gradients with non-finite values at fixed positions
+            x, B, C = torch.split(convolved.to(fp), sizes, dim=-1)
+            x = x.reshape(b, l, self.nheads, self.headdim)
             log_decay = dt * A
             resets = segments.starts is not None  # known from the inputs: the scan need not look for resets
             if resets:
                 log_decay = log_decay.masked_fill(segments.starts[..., None], RESET_LOG_DECAY)
-            y, final_state = chunked_scan(
-                x.to(fp) * dt[..., None], log_decay, B.to(fp), C.to(fp), self.scan_tile(u), resets=resets
-            )
-            y = torch.addcmul(y, x.to(fp), self.D.to(fp)[:, None])  # + D x
+            y, final_state = chunked_scan(x * dt[..., None], log_decay, B, C, self.scan_tile(u), resets=resets)
+            y = torch.addcmul(y, x, self.D.to(fp)[:, None])  # + D x
         else:
             y, final_state = scanned
         if cache is not None:
