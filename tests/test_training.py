@@ -17,7 +17,7 @@ from dynamic_chunker.cli import main
 from dynamic_chunker.config import OFFICIAL_CONFIGS
 from dynamic_chunker.data import Document, Source, prepare_corpus
 from dynamic_chunker.errors import ConfigError
-from dynamic_chunker.training import load_config, paper_lr_multipliers, train
+from dynamic_chunker.training import build_optimizer, load_config, paper_lr_multipliers, train
 from dynamic_chunker.training.checkpoint import load_checkpoint, save_checkpoint
 from dynamic_chunker.training.config import config_from_dict
 from dynamic_chunker.training.distributed import Runtime
@@ -137,6 +137,34 @@ def test_parameter_groups_accept_auto_like_the_yaml():
     chosen = parameter_groups(model, "auto", 0.1, ratio_targets=[2.0, 4.0])
     assert {g["lr_multiplier"] for g in chosen} == set(paper_lr_multipliers(model.config, [2.0, 4.0]))
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_adamw_steps_like_the_per_parameter_loop(dtype):
+    """build_optimizer takes torch's fused AdamW on CPU: three steps with per-stage learning rates and weight decay
+    give the parameters of the plain per-parameter AdamW on the same groups."""
+    torch.manual_seed(0)
+    model = HNetForCausalLM(HNetConfig.from_dict(TINY_2STAGE), dtype=dtype)
+    twin = HNetForCausalLM(HNetConfig.from_dict(TINY_2STAGE), dtype=dtype)
+    twin.load_state_dict(model.state_dict())
+    fused = build_optimizer(model, 1e-2, [2.0, 1.5, 1.0], 0.1)
+    assert fused.defaults["fused"]
+    groups = [{**g, "params": [dict(twin.named_parameters())[n] for n in names]}
+              for g, names in zip(fused.param_groups, group_names(model, fused), strict=True)]
+    plain = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    for step in range(3):
+        for m in (model, twin):
+            for i, p in enumerate(m.parameters()):
+                p.grad = torch.randn(p.shape, dtype=dtype, generator=torch.Generator().manual_seed(100 * step + i))
+        fused.step()
+        plain.step()
+    for (name, got), want in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def group_names(model, optimizer) -> list[list[str]]:
+    """The parameter names of each optimizer group."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
 
 @pytest.mark.parametrize(
     "name", ["tiny_1stage", "tiny_2stage", "small_2stage", "hnet_chunker_small", "hnet_chunker_3stage"]
