@@ -391,6 +391,7 @@ def test_bucket_lengths_are_few_and_close():
 
 @pytest.mark.slow
 def test_compiled_blocks_give_the_same_loss_and_gradients(one_thread):
+    """Compiled blocks against eager ones, also with gradient checkpointing."""
     model = tiny_model(2, seed=8)  # three Mamba-2 blocks of two widths: a few minutes of compiling on 2 cores
     ids, docs = random_bytes(70, seed=9, batch=2), (torch.arange(70) >= 23).long().expand(2, 70)
     loss, grads = loss_and_grads(model, ids, docs)
@@ -400,6 +401,14 @@ def test_compiled_blocks_give_the_same_loss_and_gradients(one_thread):
     assert compiled.keys() == grads.keys()
     for name in grads:
         torch.testing.assert_close(compiled[name], grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    # compiled blocks recomputed in the backward pass (gradient checkpointing): the same again
+    stacks = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
+    for stack in stacks:
+        stack.gradient_checkpointing = True
+    recomputed_loss, recomputed = loss_and_grads(model, ids, docs)
+    torch.testing.assert_close(recomputed_loss, loss, rtol=1e-5, atol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(recomputed[name], grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 
