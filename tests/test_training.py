@@ -148,9 +148,11 @@ def test_fused_adamw_steps_like_the_per_parameter_loop(dtype):
     twin.load_state_dict(model.state_dict())
     fused = build_optimizer(model, 1e-2, [2.0, 1.5, 1.0], 0.1)
     assert fused.defaults["fused"]
-    groups = [{**g, "params": [dict(twin.named_parameters())[n] for n in names]}
+    twins = dict(twin.named_parameters())
+    groups = [{"params": [twins[n] for n in names], "lr": g["lr"], "weight_decay": g["weight_decay"]}
               for g, names in zip(fused.param_groups, group_names(model, fused), strict=True)]
     plain = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    assert not any(g["fused"] for g in plain.param_groups) and len({g["lr"] for g in groups}) > 1
     for step in range(3):
         for m in (model, twin):
             for i, p in enumerate(m.parameters()):
